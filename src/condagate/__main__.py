@@ -1,0 +1,3 @@
+from condagate.cli.main import main
+
+main()

@@ -1,0 +1,45 @@
+"""The REST API client the client commands share: URL, key, errors as one-line messages."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+DEFAULT_URL = "http://127.0.0.1:8624"
+
+
+class ApiClient:
+    def __init__(self, url: str | None, api_key: str | None) -> None:
+        self.url = (url or os.environ.get("CONDAGATE_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key or os.environ.get("CONDAGATE_API_KEY")
+        headers = {"X-API-Key": key} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30.0, read=600.0))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach condagate at {self.url}: {exc}")
+        return self.check(response)
+
+    @staticmethod
+    def check(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text.strip() or response.reason_phrase
+            fail(f"{response.status_code}: {message}")
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)

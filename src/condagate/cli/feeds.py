@@ -1,0 +1,71 @@
+"""``condagate feed ...``"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from condagate.cli.client import ApiClient
+from condagate.cli.options import ApiKeyOption, JsonOption, UrlOption
+
+app = typer.Typer(help="Create, list, show and delete feeds.", no_args_is_help=True)
+out = Console()
+
+
+@app.command("create")
+def create(
+    name: str,
+    description: Annotated[str, typer.Option(help="What the feed is for")] = "",
+    json_output: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Create a hosted conda feed."""
+    feed = ApiClient(url, api_key).request("POST", "/api/feeds", json={"name": name, "description": description})
+    if json_output:
+        print(json.dumps(feed))
+        return
+    out.print(f"Created feed [bold]{feed['name']}[/bold]: {feed['channel_url']}")
+    out.print(f"  {feed['conda_config']}")
+
+
+@app.command("list")
+def list_feeds(json_output: JsonOption = False, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+    """List feeds."""
+    feeds = ApiClient(url, api_key).request("GET", "/api/feeds")
+    if json_output:
+        print(json.dumps(feeds))
+        return
+    table = Table("name", "package files", "channel URL", "description")
+    for feed in feeds:
+        table.add_row(feed["name"], str(feed["package_files"]), feed["channel_url"], feed["description"])
+    out.print(table)
+
+
+@app.command("show")
+def show(name: str, json_output: JsonOption = False, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+    """Show one feed."""
+    feed = ApiClient(url, api_key).request("GET", f"/api/feeds/{name}")
+    if json_output:
+        print(json.dumps(feed))
+        return
+    for key, value in feed.items():
+        out.print(f"{key}: {value}")
+
+
+@app.command("delete")
+def delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Delete a feed and all its packages."""
+    if not yes:
+        typer.confirm(f"Delete feed {name!r} and all its packages?", abort=True)
+    ApiClient(url, api_key).request("DELETE", f"/api/feeds/{name}")
+    out.print(f"Deleted feed {name}")

@@ -1,0 +1,23 @@
+"""The ``condagate`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from condagate.cli import feeds
+from condagate.cli.serve import serve
+from condagate.cli.upload import upload
+
+app = typer.Typer(help="condagate: a self-hosted conda package repository.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.command("serve")(serve)
+app.command("upload")(upload)
+app.add_typer(feeds.app, name="feed")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``condagate serve``: migrate, create the first administrator key, then run the HTTP server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from condagate.settings import DEFAULT_PORT, Settings
+
+err = Console(stderr=True)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [env CONDAGATE_HOST; default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help=f"Port [env CONDAGATE_PORT; default {DEFAULT_PORT}]")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the SQLite database and blobs [env CONDAGATE_DATA_DIR]")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [env CONDAGATE_WORKERS; default 1]")] = None,
+) -> None:
+    """Start the condagate server (SQLite and a local folder unless configured otherwise)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from condagate.logs import configure_logging
+    from condagate.services.bootstrap import ensure_admin_key
+    from condagate.services.context import Services
+
+    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers)
+    configure_logging(settings.log_level)
+    services = Services.open(settings)
+    try:
+        new_key = ensure_admin_key(services)
+    finally:
+        services.close()
+    if new_key is not None:
+        if settings.admin_api_key:
+            err.print("[bold]Administrator API key set from CONDAGATE_ADMIN_API_KEY.[/bold]")
+        else:
+            err.print("\n[bold]Created the administrator API key (shown once, stored hashed):[/bold]")
+            print(f"CONDAGATE_API_KEY={new_key}", flush=True)
+            err.print(
+                "Use it with the CLI (export CONDAGATE_API_KEY=...), the REST API (X-API-Key header) "
+                "or a channel URL: http://api:KEY@HOST:PORT/conda/FEED\n"
+            )
+    err.print(f"condagate listening on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
+    os.environ.update(settings.to_env())
+    Granian(
+        "condagate.web.app:create_app_from_env",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=settings.workers,
+        log_level=settings.log_level,  # type: ignore[arg-type]
+        workers_kill_timeout=60,
+    ).serve()

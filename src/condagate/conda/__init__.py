@@ -1,0 +1,1 @@
+"""The conda domain: package reading, records, repodata encoding, shards. No web, no database."""

@@ -1,0 +1,97 @@
+"""The one error tree of condagate; the web layer maps every ``CondagateError`` to one JSON shape.
+
+    CondagateError                 (500, internal)
+    ├── BadRequest                 (400)
+    │   ├── InvalidPackage         (400, invalid_package)
+    │   ├── ChecksumMismatch       (400, checksum_mismatch)
+    │   └── InvalidName            (400, invalid_name)
+    ├── AuthenticationRequired     (401, authentication_required)
+    ├── PermissionDenied           (403, permission_denied)
+    ├── NotFound                   (404)
+    │   ├── FeedNotFound           (404, feed_not_found)
+    │   ├── SubdirNotFound         (404, subdir_not_found)
+    │   └── PackageNotFound        (404, package_not_found)
+    ├── Conflict                   (409)
+    │   ├── FeedExists             (409, feed_exists)
+    │   └── PackageExists          (409, package_exists)
+    ├── PayloadTooLarge            (413, payload_too_large)
+    └── RangeNotSatisfiable        (416, range_not_satisfiable)
+"""
+
+from __future__ import annotations
+
+
+class CondagateError(Exception):
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(CondagateError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidPackage(BadRequest):
+    code = "invalid_package"
+
+
+class ChecksumMismatch(BadRequest):
+    code = "checksum_mismatch"
+
+
+class InvalidName(BadRequest):
+    code = "invalid_name"
+
+
+class AuthenticationRequired(CondagateError):
+    status_code = 401
+    code = "authentication_required"
+
+
+class PermissionDenied(CondagateError):
+    status_code = 403
+    code = "permission_denied"
+
+
+class NotFound(CondagateError):
+    status_code = 404
+    code = "not_found"
+
+
+class FeedNotFound(NotFound):
+    code = "feed_not_found"
+
+
+class SubdirNotFound(NotFound):
+    code = "subdir_not_found"
+
+
+class PackageNotFound(NotFound):
+    code = "package_not_found"
+
+
+class Conflict(CondagateError):
+    status_code = 409
+    code = "conflict"
+
+
+class FeedExists(Conflict):
+    code = "feed_exists"
+
+
+class PackageExists(Conflict):
+    code = "package_exists"
+
+
+class PayloadTooLarge(CondagateError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiable(CondagateError):
+    status_code = 416
+    code = "range_not_satisfiable"

@@ -1,0 +1,1 @@
+"""Principals, permissions and API keys; ``authorize`` decides from data handed to it."""

@@ -1,0 +1,1 @@
+"""Use cases, one module each; they call the conda domain, the stores and security."""

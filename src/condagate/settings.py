@@ -1,0 +1,63 @@
+"""One settings model: each field has a CLI flag and a ``CONDAGATE_*`` environment variable of the same name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_PORT = 8624
+ENV_PREFIX = "CONDAGATE_"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("condagate", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str = ""
+    storage_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    admin_api_key: str = ""
+    max_upload_bytes: int = 4 * 1024**3
+    download_flush_seconds: float = 2.0
+    log_level: str = "info"
+    workers: int = 1
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'condagate.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.data_dir / "blobs")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = spec.type
+            if kind == "Path":
+                values[name] = Path(raw).expanduser()
+            elif kind == "int":
+                values[name] = int(raw)
+            elif kind == "float":
+                values[name] = float(raw)
+            else:
+                values[name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a server worker process."""
+        return {ENV_PREFIX + name.upper(): str(getattr(self, name)) for name in self.__dataclass_fields__}

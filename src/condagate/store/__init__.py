@@ -1,0 +1,1 @@
+"""Where things live: blobs (content-addressed) and metadata (SQLAlchemy); the only place with SQL."""

@@ -1,0 +1,49 @@
+"""Feed rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from condagate.errors import FeedExists, FeedNotFound
+from condagate.store.models import Feed, PackageFile
+
+
+def get_feed(*, session: Session, name: str) -> Feed:
+    feed = session.scalar(select(Feed).where(Feed.name == name))
+    if feed is None:
+        raise FeedNotFound(f"feed {name!r} does not exist")
+    return feed
+
+
+def list_feeds(*, session: Session) -> list[tuple[Feed, int]]:
+    """Feeds by name, each with its number of package files."""
+    counts = (
+        select(PackageFile.feed_id, func.count(PackageFile.id).label("files"))
+        .group_by(PackageFile.feed_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Feed, func.coalesce(counts.c.files, 0)).outerjoin(counts, counts.c.feed_id == Feed.id).order_by(Feed.name)
+    )
+    return [(feed, int(files)) for feed, files in rows]
+
+
+def create_feed(*, session: Session, name: str, description: str) -> Feed:
+    if session.scalar(select(Feed.id).where(Feed.name == name)) is not None:
+        raise FeedExists(f"a feed named {name!r} already exists")
+    feed = Feed(name=name, description=description, created_at=datetime.now(UTC))
+    session.add(feed)
+    session.flush()
+    return feed
+
+
+def delete_feed(*, session: Session, name: str) -> list[str]:
+    """Delete a feed and its rows; returns the sha256 of its files, for blob clean-up."""
+    feed = get_feed(session=session, name=name)
+    digests = list(session.scalars(select(PackageFile.sha256).where(PackageFile.feed_id == feed.id)))
+    session.delete(feed)
+    session.flush()
+    return digests

@@ -1,0 +1,127 @@
+"""Package file rows and the per-subdir revision that orders their changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from condagate.store.models import PackageFile, SubdirState
+
+
+@dataclass(frozen=True)
+class SubdirVersion:
+    revision: int
+    generation: int
+    updated_at: datetime | None = None
+
+
+def subdir_version(*, session: Session, feed_id: int, subdir: str) -> SubdirVersion:
+    row = session.execute(
+        select(SubdirState.revision, SubdirState.generation, SubdirState.updated_at).where(
+            SubdirState.feed_id == feed_id, SubdirState.subdir == subdir
+        )
+    ).first()
+    return SubdirVersion(0, 0) if row is None else SubdirVersion(int(row[0]), int(row[1]), row[2])
+
+
+def feed_versions(*, session: Session, feed_id: int) -> tuple[tuple[str, int, int], ...]:
+    """(subdir, revision, generation) of every subdir of a feed: changes whenever any record does."""
+    rows = session.execute(
+        select(SubdirState.subdir, SubdirState.revision, SubdirState.generation)
+        .where(SubdirState.feed_id == feed_id)
+        .order_by(SubdirState.subdir)
+    )
+    return tuple((subdir, int(revision), int(generation)) for subdir, revision, generation in rows)
+
+
+def populated_subdirs(*, session: Session, feed_id: int) -> list[str]:
+    return sorted(set(session.scalars(select(PackageFile.subdir).where(PackageFile.feed_id == feed_id).distinct())))
+
+
+def bump_revision(*, session: Session, feed_id: int, subdir: str, removal: bool = False) -> int:
+    """Take the next revision of a subdir inside the caller's transaction (its row lock orders writers)."""
+    now = datetime.now(UTC)
+    values = {"feed_id": feed_id, "subdir": subdir, "revision": 0, "generation": 0, "updated_at": now}
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(SubdirState).values(**values).on_conflict_do_nothing())
+    changes = {"revision": SubdirState.revision + 1, "updated_at": now}
+    if removal:
+        changes["generation"] = SubdirState.generation + 1
+    revision = session.scalar(
+        update(SubdirState)
+        .where(SubdirState.feed_id == feed_id, SubdirState.subdir == subdir)
+        .values(**changes)
+        .returning(SubdirState.revision)
+    )
+    assert revision is not None
+    return int(revision)
+
+
+def find_file(*, session: Session, feed_id: int, subdir: str, filename: str) -> PackageFile | None:
+    return session.scalar(
+        select(PackageFile).where(
+            PackageFile.feed_id == feed_id, PackageFile.subdir == subdir, PackageFile.filename == filename
+        )
+    )
+
+
+def records_since(*, session: Session, feed_id: int, subdir: str, revision: int) -> list[tuple[str, str, str, int]]:
+    """(filename, name, record JSON, revision) of rows changed after ``revision``."""
+    rows = session.execute(
+        select(PackageFile.filename, PackageFile.name, PackageFile.record, PackageFile.revision).where(
+            PackageFile.feed_id == feed_id, PackageFile.subdir == subdir, PackageFile.revision > revision
+        )
+    )
+    return [(fn, name, record, int(rev)) for fn, name, record, rev in rows]
+
+
+def delete_file(*, session: Session, row: PackageFile) -> None:
+    session.execute(delete(PackageFile).where(PackageFile.id == row.id))
+
+
+def sha256_in_use(*, session: Session, sha256: str) -> bool:
+    return session.scalar(select(PackageFile.id).where(PackageFile.sha256 == sha256).limit(1)) is not None
+
+
+@dataclass(frozen=True)
+class PackageSummary:
+    name: str
+    latest_version: str
+    files: int
+    subdirs: list[str]
+    summary: str
+
+
+def count_package_names(*, session: Session, feed_id: int, search: str = "") -> int:
+    query = select(func.count(func.distinct(PackageFile.name))).where(PackageFile.feed_id == feed_id)
+    if search:
+        query = query.where(PackageFile.name.contains(search.lower(), autoescape=True))
+    return int(session.scalar(query) or 0)
+
+
+def page_package_names(*, session: Session, feed_id: int, search: str, offset: int, limit: int) -> list[str]:
+    query = select(PackageFile.name).where(PackageFile.feed_id == feed_id).distinct().order_by(PackageFile.name)
+    if search:
+        query = query.where(PackageFile.name.contains(search.lower(), autoescape=True))
+    return list(session.scalars(query.offset(offset).limit(limit)))
+
+
+def files_of_names(*, session: Session, feed_id: int, names: list[str]) -> list[PackageFile]:
+    if not names:
+        return []
+    return list(
+        session.scalars(
+            select(PackageFile)
+            .where(PackageFile.feed_id == feed_id, or_(*[PackageFile.name == n for n in names]))
+            .order_by(PackageFile.name, PackageFile.subdir, PackageFile.filename)
+        )
+    )
+
+
+def all_files(*, session: Session, feed_id: int) -> list[PackageFile]:
+    return list(session.scalars(select(PackageFile).where(PackageFile.feed_id == feed_id)))

@@ -1,0 +1,1 @@
+"""HTTP: routers per area that translate requests into service calls."""

@@ -1,0 +1,57 @@
+"""Structured access log: one JSON line per request, written after the response (pure ASGI, no buffering)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("condagate.access")
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                state: dict[str, Any] = scope.get("state", {})
+                principal = state.get("principal")
+                log.info(
+                    json.dumps(
+                        {
+                            "method": scope["method"],
+                            "path": _redact(scope["path"]),
+                            "status": status,
+                            "ms": round((time.perf_counter() - started) * 1000, 2),
+                            "client": (scope.get("client") or ["-"])[0],
+                            "principal": getattr(principal, "name", "anonymous"),
+                        }
+                    )
+                )
+
+
+def _redact(path: str) -> str:
+    """Never write a ``/t/KEY/`` token to the log."""
+    if path.startswith("/t/"):
+        _, _, rest = path[3:].partition("/")
+        return "/t/***/" + rest
+    return path

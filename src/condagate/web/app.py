@@ -1,0 +1,91 @@
+"""The application factory: ``create_app(settings)`` builds everything; nothing happens at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from condagate import __version__
+from condagate.security.permissions import Permission
+from condagate.services.context import Services
+from condagate.settings import Settings
+from condagate.web import api, channel, ui, uploads
+from condagate.web.access_log import AccessLogMiddleware
+from condagate.web.auth import requires
+from condagate.web.errors import install_error_handlers
+
+HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
+
+
+async def _flush_downloads_periodically(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.download_flush_seconds)
+        await run_in_threadpool(services.downloads.flush)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await run_in_threadpool(Services.open, settings)
+        app.state.services = services
+        flusher = asyncio.create_task(_flush_downloads_periodically(services))
+        log.info("condagate %s ready (database %s)", __version__, services.db.engine.url.render_as_string())
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await run_in_threadpool(services.close)
+
+    app = FastAPI(
+        title="condagate",
+        version=__version__,
+        description="Self-hosted conda package repository: hosted and proxy conda feeds.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    install_error_handlers(app)
+
+    @app.get("/health", tags=["operations"], dependencies=[Depends(requires(Permission.PUBLIC))])
+    async def health(request: Request) -> dict[str, Any]:
+        services: Services = request.app.state.services
+
+        def check() -> None:
+            with services.db.read() as session:
+                session.execute(text("SELECT 1"))
+
+        await run_in_threadpool(check)
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(api.router)
+    app.include_router(uploads.router)
+    app.include_router(channel.router)
+    app.include_router(channel.router, prefix="/t/{token}", include_in_schema=False)
+    app.include_router(ui.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(AccessLogMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for server worker processes: settings come from ``CONDAGATE_*`` variables."""
+    from condagate.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,72 @@
+"""Credentials from every form the clients use, and the permission declaration each route carries."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from condagate.errors import AuthenticationRequired
+from condagate.security.permissions import ANONYMOUS, Permission, Principal, authorize
+from condagate.services.authentication import principal_for_key
+
+UI_COOKIE = "condagate_session"
+
+
+def presented_key(request: Request) -> str | None:
+    """The API key from X-API-Key / X-ApiKey, Bearer, Basic (any user, key as password),
+    a ``/t/KEY/`` path token, or the web UI's cookie, in that order."""
+    headers = request.headers
+    for header in ("x-api-key", "x-apikey"):
+        if headers.get(header):
+            return headers[header]
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise AuthenticationRequired("the Basic authorization header is malformed") from exc
+        _user, _, password = decoded.partition(":")
+        return password or None
+    token = request.path_params.get("token")
+    if token:
+        return str(token)
+    return request.cookies.get(UI_COOKIE) or None
+
+
+async def current_principal(request: Request) -> Principal:
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    key = presented_key(request)
+    principal = ANONYMOUS if key is None else await run_in_threadpool(
+        principal_for_key, request.app.state.services, key
+    )
+    request.state.principal = principal
+    return principal
+
+
+class Requires:
+    """A route's permission declaration; ``tests`` walk the routes and fail on any without one."""
+
+    def __init__(self, permission: Permission) -> None:
+        self.permission = permission
+
+    async def __call__(self, request: Request) -> Principal:
+        if self.permission == Permission.PUBLIC:
+            return ANONYMOUS
+        principal = await current_principal(request)
+        authorize(principal, self.permission, request.path_params.get("feed"))
+        return principal
+
+    def __repr__(self) -> str:
+        return f"Requires({self.permission.value})"
+
+
+def requires(permission: Permission) -> Requires:
+    return Requires(permission)

@@ -1,0 +1,118 @@
+"""The conda channel protocol: repodata variants, shards, channeldata and package files."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from condagate.errors import NotFound
+from condagate.security.permissions import Permission
+from condagate.services import channel
+from condagate.services.context import Services
+from condagate.web.auth import requires
+from condagate.web.responses import (
+    IMMUTABLE_CACHE_CONTROL,
+    REPODATA_CACHE_CONTROL,
+    blob_response,
+    encoded_response,
+)
+from condagate.web.uploads import artifactory_upload
+
+router = APIRouter(tags=["channel"])
+VIEW = [Depends(requires(Permission.VIEW))]
+GET_HEAD = ["GET", "HEAD"]
+
+_REPODATA_FILES = {
+    "repodata.json": ("json", "application/json"),
+    "repodata.json.zst": ("zst", "application/zstd"),
+    "repodata.json.bz2": ("bz2", "application/x-bzip2"),
+    # The full repodata is a correct current_repodata (the protocol allows it) and costs no extra encoding.
+    "current_repodata.json": ("json", "application/json"),
+    "current_repodata.json.zst": ("zst", "application/zstd"),
+    "current_repodata.json.bz2": ("bz2", "application/x-bzip2"),
+}
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+@router.api_route("/conda/{feed}/channeldata.json", methods=GET_HEAD, dependencies=VIEW)
+async def channeldata(request: Request, feed: str) -> Response:
+    services = _services(request)
+
+    def build() -> object:
+        return services.repodata.channeldata(feed_id=channel.resolve_feed(services, feed).id)
+
+    encoded = await run_in_threadpool(build)
+    return encoded_response(request, encoded, "application/json", REPODATA_CACHE_CONTROL)  # type: ignore[arg-type]
+
+
+@router.api_route("/conda/{feed}/notices.json", methods=GET_HEAD, dependencies=VIEW)
+async def notices(request: Request, feed: str) -> Response:
+    await run_in_threadpool(channel.resolve_feed, _services(request), feed)
+    raise NotFound(f"feed {feed!r} publishes no notices")
+
+
+@router.api_route("/conda/{feed}/{subdir}/repodata_shards.msgpack.zst", methods=GET_HEAD, dependencies=VIEW)
+async def shard_index(request: Request, feed: str, subdir: str) -> Response:
+    snapshot = await run_in_threadpool(channel.subdir_snapshot, _services(request), feed, subdir)
+    return encoded_response(request, snapshot.shard_index, "application/zstd", REPODATA_CACHE_CONTROL)
+
+
+@router.api_route("/conda/{feed}/{subdir}/shards/{shard_name}", methods=GET_HEAD, dependencies=VIEW)
+async def shard(request: Request, feed: str, subdir: str, shard_name: str) -> Response:
+    services = _services(request)
+    digest_hex = shard_name.removesuffix(".msgpack.zst")
+
+    def find() -> bytes | None:
+        feed_ref = channel.resolve_feed(services, feed)
+        channel.subdir_snapshot(services, feed, subdir)
+        return services.repodata.shard(feed_id=feed_ref.id, subdir=subdir, digest_hex=digest_hex)
+
+    body = await run_in_threadpool(find)
+    if body is None or not shard_name.endswith(".msgpack.zst"):
+        raise NotFound(f"no shard {shard_name!r} in {feed}/{subdir}")
+    etag = f'"{digest_hex}"'
+    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["content-length"] = str(len(body))
+        return Response(b"", media_type="application/zstd", headers=headers)
+    return Response(body, media_type="application/zstd", headers=headers)
+
+
+@router.api_route("/conda/{feed}/{subdir}/{filename}", methods=GET_HEAD, dependencies=VIEW)
+async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -> Response:
+    services = _services(request)
+    variant = _REPODATA_FILES.get(filename)
+    if variant is not None:
+        snapshot = await run_in_threadpool(channel.subdir_snapshot, services, feed, subdir)
+        kind, media_type = variant
+        encoded = snapshot.json if kind == "json" else snapshot.zst if kind == "zst" else None
+        if encoded is None:
+            encoded = await run_in_threadpool(snapshot.bz2)
+        return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
+    blob = await run_in_threadpool(channel.package_blob, services, feed, subdir, filename)
+    response = blob_response(request, blob.path, blob.sha256, blob.filename)
+    if request.method == "GET" and response.status_code == 200 and _is_whole_download(request):
+        services.downloads.record(feed_id=blob.feed_id, subdir=subdir, filename=filename)
+    return response
+
+
+def _is_whole_download(request: Request) -> bool:
+    """A resumed download (Range not starting at 0) is the same download, counted once."""
+    requested = request.headers.get("range", "")
+    return not requested or requested.replace(" ", "").startswith("bytes=0-")
+
+
+router.add_api_route(
+    "/conda/{feed}/{subdir}/{filename}",
+    artifactory_upload,
+    methods=["PUT"],
+    status_code=201,
+    tags=["upload protocols"],
+    summary="Artifactory upload protocol (rattler-build upload artifactory)",
+)

@@ -1,0 +1,62 @@
+"""Serving pre-encoded bytes and blobs with ETag, Last-Modified, 304 and HEAD."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
+
+from fastapi import Request, Response
+from starlette.responses import FileResponse
+
+from condagate.services.repodata_cache import Encoded
+
+REPODATA_CACHE_CONTROL = "public, max-age=30"
+IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+def http_date(moment: datetime) -> str:
+    return format_datetime(moment, usegmt=True)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    wanted = etag.removeprefix("W/")
+    return any(
+        candidate.strip() == "*" or candidate.strip().removeprefix("W/") == wanted for candidate in header.split(",")
+    )
+
+
+def is_not_modified(request: Request, etag: str, last_modified: datetime | None) -> bool:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        return _etag_matches(if_none_match, etag)
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since and last_modified is not None:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return last_modified.replace(microsecond=0) <= since
+    return False
+
+
+def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_control: str) -> Response:
+    headers = {
+        "etag": encoded.etag,
+        "last-modified": http_date(encoded.last_modified),
+        "cache-control": cache_control,
+    }
+    if is_not_modified(request, encoded.etag, encoded.last_modified):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["content-length"] = str(len(encoded.body))
+        return Response(content=b"", media_type=media_type, headers=headers)
+    return Response(content=encoded.body, media_type=media_type, headers=headers)
+
+
+def blob_response(request: Request, path: Path, sha256: str, filename: str) -> Response:
+    etag = f'"{sha256}"'
+    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL}
+    if request.headers.get("if-none-match") is not None and _etag_matches(request.headers["if-none-match"], etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)

@@ -1,0 +1,60 @@
+"""Shared fixtures: a real condagate server per database backend, feeds, package files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from package_factory import PackageSpec, write_package  # noqa: E402
+from servers import Server, postgres_database, start_server  # noqa: E402
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A condagate server on SQLite, and one on PostgreSQL: every end-to-end test runs on both."""
+    database_url = ""
+    if request.param == "postgresql":
+        database_url = postgres_database() or ""
+        if not database_url:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+            pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    instance = start_server(tmp_path_factory.mktemp(f"server-{request.param}") / "data", database_url)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def feed(server: Server) -> str:
+    name = "feed-" + uuid.uuid4().hex[:10]
+    with server.admin() as client:
+        response = client.post("/api/feeds", json={"name": name})
+        assert response.status_code == 201, response.text
+    return name
+
+
+@pytest.fixture
+def make_package(tmp_path: Path):  # type: ignore[no-untyped-def]
+    counter = iter(range(10**6))
+
+    def make(name: str | None = None, extension: str = ".conda", **fields: object) -> Path:
+        spec = PackageSpec(name=name or f"pkg{next(counter)}-{uuid.uuid4().hex[:6]}", **fields)  # type: ignore[arg-type]
+        directory = tmp_path / uuid.uuid4().hex[:8]
+        directory.mkdir()
+        return write_package(directory, spec, extension)
+
+    return make
+
+
+def upload(server: Server, feed: str, path: Path, **params: object):  # type: ignore[no-untyped-def]
+    with server.admin() as client:
+        return client.post(f"/api/feeds/{feed}/upload/{path.name}", content=path.read_bytes(), params=params)

@@ -1,0 +1,123 @@
+"""Builds real conda package files (.conda and .tar.bz2) for tests and benchmarks, hostile ones too."""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+
+@dataclass
+class Member:
+    name: str
+    data: bytes = b""
+    kind: bytes = tarfile.REGTYPE
+    linkname: str = ""
+    declared_size: int | None = None
+
+
+@dataclass
+class PackageSpec:
+    name: str
+    version: str = "1.0"
+    build: str = "0"
+    build_number: int = 0
+    subdir: str = "noarch"
+    depends: list[str] = field(default_factory=list)
+    constrains: list[str] = field(default_factory=list)
+    license: str = "MIT"
+    summary: str = ""
+    noarch: str | None = "generic"
+    extra_index: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return f"{self.name}-{self.version}-{self.build}"
+
+    def index(self) -> dict[str, Any]:
+        index: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "build": self.build,
+            "build_number": self.build_number,
+            "subdir": self.subdir,
+            "depends": self.depends,
+            "constrains": self.constrains,
+            "license": self.license,
+            "timestamp": int(time.time() * 1000),
+        }
+        if self.subdir == "noarch" and self.noarch:
+            index["noarch"] = self.noarch
+        else:
+            index["platform"], _, index["arch"] = self.subdir.partition("-")
+        index.update(self.extra_index)
+        return index
+
+    def info_members(self) -> list[Member]:
+        about = {"summary": self.summary or f"The {self.name} test package", "license": self.license,
+                 "home": f"https://example.org/{self.name}", "description": f"{self.name} for tests"}
+        files = self.files or {f"share/{self.name}/README.txt": f"{self.name} {self.version}\n".encode()}
+        paths = {"paths": [{"_path": p, "path_type": "hardlink", "size_in_bytes": len(d)} for p, d in files.items()],
+                 "paths_version": 1}
+        return [
+            Member("info/index.json", json.dumps(self.index()).encode()),
+            Member("info/about.json", json.dumps(about).encode()),
+            Member("info/paths.json", json.dumps(paths).encode()),
+            Member("info/files", "\n".join(files).encode() + b"\n"),
+        ]
+
+    def payload_members(self) -> list[Member]:
+        files = self.files or {f"share/{self.name}/README.txt": f"{self.name} {self.version}\n".encode()}
+        return [Member(path, data) for path, data in files.items()]
+
+
+def tar_bytes(members: list[Member]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in members:
+            info = tarfile.TarInfo(member.name)
+            info.type = member.kind
+            info.linkname = member.linkname
+            info.mtime = 1_700_000_000
+            info.mode = 0o644
+            if member.kind == tarfile.REGTYPE:
+                info.size = len(member.data)
+                tar.addfile(info, io.BytesIO(member.data))
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def write_tar_bz2(directory: Path, spec: PackageSpec, members: list[Member] | None = None,
+                  filename: str | None = None) -> Path:
+    members = members if members is not None else spec.info_members() + spec.payload_members()
+    path = directory / (filename or f"{spec.stem}.tar.bz2")
+    path.write_bytes(bz2.compress(tar_bytes(members), 9))
+    return path
+
+
+def write_conda(directory: Path, spec: PackageSpec, *, info: list[Member] | None = None,
+                payload: list[Member] | None = None, filename: str | None = None,
+                skip_info: bool = False, info_raw: bytes | None = None) -> Path:
+    path = directory / (filename or f"{spec.stem}.conda")
+    compressor = zstandard.ZstdCompressor(level=3)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("metadata.json", json.dumps({"conda_pkg_format_version": 2}))
+        if not skip_info:
+            raw = info_raw if info_raw is not None else compressor.compress(tar_bytes(info or spec.info_members()))
+            zf.writestr(f"info-{spec.stem}.tar.zst", raw)
+        zf.writestr(f"pkg-{spec.stem}.tar.zst", compressor.compress(tar_bytes(payload or spec.payload_members())))
+    return path
+
+
+def write_package(directory: Path, spec: PackageSpec, extension: str = ".conda") -> Path:
+    return write_conda(directory, spec) if extension == ".conda" else write_tar_bz2(directory, spec)
