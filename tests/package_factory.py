@@ -7,7 +7,9 @@ import io
 import json
 import tarfile
 import time
+import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,3 +123,96 @@ def write_conda(directory: Path, spec: PackageSpec, *, info: list[Member] | None
 
 def write_package(directory: Path, spec: PackageSpec, extension: str = ".conda") -> Path:
     return write_conda(directory, spec) if extension == ".conda" else write_tar_bz2(directory, spec)
+
+
+# Helpers for hostile and broken archives: the raw pieces, so a test can assemble what no builder would.
+
+
+def zstd_tar(members: list[Member]) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(tar_bytes(members))
+
+
+def write_zip(path: Path, entries: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:
+    """A zip with exactly these entries, in this order (duplicates allowed: zipfile only warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with zipfile.ZipFile(path, "w", compression=compression) as zf:
+            for name, data in entries:
+                zf.writestr(name, data)
+    return path
+
+
+def conda_entries(spec: PackageSpec, *, info: bytes | None = None, pkg: bytes | None = None) -> list[tuple[str, bytes]]:
+    """The three entries of a .conda, with the compressed info or pkg tar replaceable."""
+    return [
+        ("metadata.json", json.dumps({"conda_pkg_format_version": 2}).encode()),
+        (f"info-{spec.stem}.tar.zst", info if info is not None else zstd_tar(spec.info_members())),
+        (f"pkg-{spec.stem}.tar.zst", pkg if pkg is not None else zstd_tar(spec.payload_members())),
+    ]
+
+
+def write_truncated(source: Path, directory: Path) -> Path:
+    """The first half of ``source``, under the same name in ``directory``."""
+    data = source.read_bytes()
+    target = directory / source.name
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+def _tar_without_end(members: list[Member]) -> bytes:
+    """``tar_bytes`` without the end-of-archive blocks, so more members can follow."""
+    buffer = io.BytesIO()
+    tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT)
+    for member in members:
+        info = tarfile.TarInfo(member.name)
+        info.size = len(member.data)
+        info.mtime = 1_700_000_000
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(member.data))
+    return buffer.getvalue()[: tar.offset]
+
+
+def _zero_member_tar(prefix: list[Member], name: str, size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Tar bytes of ``prefix`` then one member of ``size`` zero bytes, yielded without holding it in memory."""
+    yield _tar_without_end(prefix)
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 1_700_000_000
+    info.mode = 0o644
+    yield info.tobuf(tarfile.PAX_FORMAT)
+    zeros = bytes(chunk)
+    remaining = size
+    while remaining > 0:
+        yield zeros[: min(chunk, remaining)]
+        remaining -= chunk
+    yield bytes(-size % tarfile.BLOCKSIZE) + bytes(2 * tarfile.BLOCKSIZE)
+
+
+def zero_bomb_zst(prefix: list[Member], size: int, name: str = "info/zeros") -> bytes:
+    """A zstd tar whose ``name`` member is ``size`` zero bytes: tiny compressed, huge decompressed."""
+    buffer = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(buffer, closefd=False) as writer:
+        for piece in _zero_member_tar(prefix, name, size):
+            writer.write(piece)
+    return buffer.getvalue()
+
+
+def zero_bomb_bz2(prefix: list[Member], size: int, name: str = "info/zeros") -> bytes:
+    compressor = bz2.BZ2Compressor(9)
+    pieces = [compressor.compress(piece) for piece in _zero_member_tar(prefix, name, size)]
+    return b"".join(pieces) + compressor.flush()
+
+
+def set_zip_declared_size(path: Path, member: str, size: int) -> None:
+    """Rewrite the central directory so ``member`` claims ``size`` uncompressed bytes (a lie)."""
+    data = bytearray(path.read_bytes())
+    encoded = member.encode()
+    offset = data.find(b"PK\x01\x02")
+    while offset != -1:
+        name_length = int.from_bytes(data[offset + 28 : offset + 30], "little")
+        if bytes(data[offset + 46 : offset + 46 + name_length]) == encoded:
+            data[offset + 24 : offset + 28] = size.to_bytes(4, "little")
+            path.write_bytes(bytes(data))
+            return
+        offset = data.find(b"PK\x01\x02", offset + 4)
+    raise ValueError(f"{member} is not in {path}")

@@ -8,8 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import upload
 from rattler_build import upload as rattler_build_upload
+
+from conftest import upload
 from rattler_client import query, solve_and_install
 from servers import Server, condagate_command
 

@@ -15,12 +15,14 @@ err = Console(stderr=True)
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [env CONDAGATE_HOST; default 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help=f"Port [env CONDAGATE_PORT; default {DEFAULT_PORT}]")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Folder for the SQLite database and blobs [env CONDAGATE_DATA_DIR]")
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (env CONDAGATE_HOST; default 127.0.0.1)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes [env CONDAGATE_WORKERS; default 1]")] = None,
+    port: Annotated[int | None, typer.Option(help=f"Port (env CONDAGATE_PORT; default {DEFAULT_PORT})")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the SQLite database and blobs (env CONDAGATE_DATA_DIR)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (env CONDAGATE_WORKERS; default 1)")] = None,
 ) -> None:
     """Start the condagate server (SQLite and a local folder unless configured otherwise)."""
     from granian import Granian

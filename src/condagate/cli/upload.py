@@ -11,7 +11,7 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from condagate.cli.client import ApiClient, fail
 from condagate.cli.options import ApiKeyOption, JsonOption, UrlOption
@@ -49,7 +49,7 @@ def upload(
         for path in files:
             task = progress.add_task(path.name, total=path.stat().st_size)
 
-            def body(path: Path = path, task: int = task) -> Iterator[bytes]:
+            def body(path: Path = path, task: TaskID = task) -> Iterator[bytes]:
                 with path.open("rb") as handle:
                     while chunk := handle.read(CHUNK):
                         progress.advance(task, len(chunk))

@@ -10,7 +10,7 @@ import bz2
 import posixpath
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, BinaryIO
 
 import zstandard

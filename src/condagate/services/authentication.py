@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from condagate.errors import AuthenticationRequired
 from condagate.security.apikeys import hash_key, key_matches
 from condagate.security.permissions import ANONYMOUS, Permission, Principal
 from condagate.services.context import Services
 from condagate.store import apikeys as key_store
-from condagate.errors import AuthenticationRequired
 
 
 def principal_for_key(services: Services, key: str | None) -> Principal:

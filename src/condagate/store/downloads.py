@@ -17,7 +17,9 @@ CounterKey = tuple[int, str, str, date]
 def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None:
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     for (feed_id, subdir, filename, day), count in sorted(counts.items()):
-        statement = insert(DownloadCount).values(feed_id=feed_id, subdir=subdir, filename=filename, day=day, count=count)
+        statement = insert(DownloadCount).values(
+            feed_id=feed_id, subdir=subdir, filename=filename, day=day, count=count
+        )
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["feed_id", "subdir", "filename", "day"],

@@ -21,12 +21,12 @@ def get_feed(*, session: Session, name: str) -> Feed:
 def list_feeds(*, session: Session) -> list[tuple[Feed, int]]:
     """Feeds by name, each with its number of package files."""
     counts = (
-        select(PackageFile.feed_id, func.count(PackageFile.id).label("files"))
-        .group_by(PackageFile.feed_id)
-        .subquery()
+        select(PackageFile.feed_id, func.count(PackageFile.id).label("files")).group_by(PackageFile.feed_id).subquery()
     )
     rows = session.execute(
-        select(Feed, func.coalesce(counts.c.files, 0)).outerjoin(counts, counts.c.feed_id == Feed.id).order_by(Feed.name)
+        select(Feed, func.coalesce(counts.c.files, 0))
+        .outerjoin(counts, counts.c.feed_id == Feed.id)
+        .order_by(Feed.name)
     )
     return [(feed, int(files)) for feed, files in rows]
 

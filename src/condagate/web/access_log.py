@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -35,17 +34,22 @@ class AccessLogMiddleware:
             if log.isEnabledFor(logging.INFO):
                 state: dict[str, Any] = scope.get("state", {})
                 principal = state.get("principal")
+                path = _redact(scope["path"])
                 log.info(
-                    json.dumps(
-                        {
+                    "%s %s %s",
+                    scope["method"],
+                    path,
+                    status,
+                    extra={
+                        "fields": {
                             "method": scope["method"],
-                            "path": _redact(scope["path"]),
+                            "path": path,
                             "status": status,
                             "ms": round((time.perf_counter() - started) * 1000, 2),
                             "client": (scope.get("client") or ["-"])[0],
                             "principal": getattr(principal, "name", "anonymous"),
                         }
-                    )
+                    },
                 )
 
 

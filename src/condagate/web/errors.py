@@ -24,9 +24,10 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
     headers = {"WWW-Authenticate": 'Basic realm="condagate"'} if status == 401 else {}
     if _wants_html(request):
         templates = request.app.state.templates
-        return templates.TemplateResponse(
+        response: Response = templates.TemplateResponse(
             request, "error.html", {"status": status, "message": message}, status_code=status, headers=headers
         )
+        return response
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
