@@ -29,6 +29,7 @@ import package_factory  # noqa: E402
 import servers  # noqa: E402
 
 ADMIN_KEY = servers.ADMIN_KEY
+free_port = servers.free_port
 SERVER_CORE = 0
 CLIENT_CORE = 1
 

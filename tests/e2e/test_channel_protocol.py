@@ -140,6 +140,8 @@ def test_package_files_etag_range_head(server: Server, feed: str, make_package):
     assert full.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
     assert "immutable" in full.headers["cache-control"]
     assert get(server, url, headers={"If-None-Match": full.headers["etag"]}).status_code == 304
+    assert get(server, url, headers={"If-Modified-Since": full.headers["last-modified"]}).status_code == 304
+    assert get(server, url, headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).status_code == 200
     part = get(server, url, headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == data[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"

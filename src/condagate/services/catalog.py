@@ -144,3 +144,17 @@ def package_detail(services: Services, *, feed: str, name: str) -> PackageDetail
         versions=list(versions.values()),
         downloads=sum(counts.values()),
     )
+
+
+def downloads_of_packages(services: Services, *, feed: str, names: list[str]) -> dict[str, int]:
+    """Total downloads of each named package, over all its files (the feed page's column)."""
+    with services.db.read() as session:
+        feed_row = feed_store.get_feed(session=session, name=feed)
+        rows = package_store.files_of_names(session=session, feed_id=feed_row.id, names=names)
+        counts = download_store.downloads_by_file(
+            session=session, feed_id=feed_row.id, filenames=[row.filename for row in rows]
+        )
+    totals = dict.fromkeys(names, 0)
+    for row in rows:
+        totals[row.name] += counts.get((row.subdir, row.filename), 0)
+    return totals

@@ -96,7 +96,7 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
             encoded = await run_in_threadpool(snapshot.bz2)
         return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
     blob = await run_in_threadpool(channel.package_blob, services, feed, subdir, filename)
-    response = blob_response(request, blob.path, blob.sha256, blob.filename)
+    response = blob_response(request, blob.path, blob.sha256)
     if request.method == "GET" and response.status_code == 200 and _is_whole_download(request):
         services.downloads.record(feed_id=blob.feed_id, subdir=subdir, filename=filename)
     return response

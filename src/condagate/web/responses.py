@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
@@ -54,9 +54,12 @@ def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_
     return Response(content=encoded.body, media_type=media_type, headers=headers)
 
 
-def blob_response(request: Request, path: Path, sha256: str, filename: str) -> Response:
+def blob_response(request: Request, path: Path, sha256: str) -> Response:
+    """A package file: its sha256 is its ETag; Range and HEAD are handled by ``FileResponse``."""
     etag = f'"{sha256}"'
-    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL}
-    if request.headers.get("if-none-match") is not None and _etag_matches(request.headers["if-none-match"], etag):
+    stat = path.stat()
+    last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL, "last-modified": http_date(last_modified)}
+    if is_not_modified(request, etag, last_modified):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+    return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)

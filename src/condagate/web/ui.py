@@ -2,21 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from condagate.errors import CondagateError
+from condagate.errors import AuthenticationRequired, CondagateError
 from condagate.security.permissions import Permission, Principal
 from condagate.services import catalog, feeds
 from condagate.services.authentication import principal_for_key
 from condagate.services.context import Services
 from condagate.web.auth import UI_COOKIE, current_principal, requires
+from condagate.web.errors import error_response
 
-router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 25
+
+
+class PageRoute(APIRoute):
+    """A page answers a browser's 401 without the Basic challenge that conda clients need: with it,
+    browsers open their password dialog instead of showing the error page and its login link."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except AuthenticationRequired as exc:
+                response = error_response(request, exc.status_code, exc.code, exc.message)
+                if response.media_type == "text/html":
+                    del response.headers["www-authenticate"]
+                return response
+
+        return page_handler
+
+
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
+
+
+def _local_path(target: str) -> str:
+    """Where to go after logging in: a path on this server only, never another site."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
 
 
 def _services(request: Request) -> Services:
@@ -61,8 +92,12 @@ async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> 
         lambda: catalog.list_packages(services, feed=feed, search=q.strip(), offset=(page - 1) * PAGE_SIZE,
                                       limit=PAGE_SIZE)
     )
+    downloads = await run_in_threadpool(
+        lambda: catalog.downloads_of_packages(services, feed=feed, names=[item.name for item in listing.items])
+    )
     pages = max(1, -(-listing.total // PAGE_SIZE))
-    return _render(request, "feed.html", {"feed": info, "listing": listing, "q": q, "page": page, "pages": pages})
+    return _render(request, "feed.html", {"feed": info, "listing": listing, "downloads": downloads, "q": q,
+                                          "page": page, "pages": pages})
 
 
 @router.get("/feeds/{feed}/packages/{name}", dependencies=[Depends(requires(Permission.VIEW))])
@@ -72,19 +107,26 @@ async def package_page(request: Request, feed: str, name: str) -> Response:
 
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
-async def login_page(request: Request) -> Response:
-    return _render(request, "login.html", {"error": None, "principal": await current_principal(request)})
+async def login_page(request: Request, next: str = "/") -> Response:
+    try:
+        principal = await current_principal(request)
+    except CondagateError:  # a stale cookie: the form is how to replace it
+        principal = None
+    return _render(request, "login.html", {"error": None, "principal": principal, "next": _local_path(next)})
 
 
 @router.post("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
-async def login(request: Request, api_key: str = Form("")) -> Response:
+async def login(request: Request, api_key: str = Form(""), next: str = Form("/")) -> Response:
+    target = _local_path(next)
     try:
         principal = await run_in_threadpool(principal_for_key, _services(request), api_key.strip())
     except CondagateError as exc:
-        return _render(request, "login.html", {"error": exc.message, "principal": None}, status_code=401)
+        return _render(request, "login.html", {"error": exc.message, "principal": None, "next": target},
+                       status_code=401)
     if not principal.authenticated:
-        return _render(request, "login.html", {"error": "enter an API key", "principal": None}, status_code=400)
-    response = RedirectResponse("/", status_code=303)
+        return _render(request, "login.html", {"error": "enter an API key", "principal": None, "next": target},
+                       status_code=400)
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(UI_COOKIE, api_key.strip(), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
     return response
