@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+import swagger_ui_bundle
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -54,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Self-hosted conda package repository: hosted and proxy conda feeds.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -78,6 +81,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(channel.router, prefix="/t/{token}", include_in_schema=False)
     app.include_router(ui.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    # Swagger UI from a package, never from a CDN: the server must work without the internet.
+    app.mount("/api/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/api/docs", include_in_schema=False, dependencies=[Depends(requires(Permission.PUBLIC))])
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title="condagate REST API",
+            swagger_js_url="/api/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/api/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
     app.add_middleware(AccessLogMiddleware)
     return app
 

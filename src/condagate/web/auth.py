@@ -18,35 +18,45 @@ UI_COOKIE = "condagate_session"
 def presented_key(request: Request) -> str | None:
     """The API key from X-API-Key / X-ApiKey, Bearer, Basic (any user, key as password),
     a ``/t/KEY/`` path token, or the web UI's cookie, in that order."""
+    return _presented(request)[0]
+
+
+def _presented(request: Request) -> tuple[str | None, bool]:
+    """(key, whether it came from the UI cookie)."""
     headers = request.headers
     for header in ("x-api-key", "x-apikey"):
         if headers.get(header):
-            return headers[header]
+            return headers[header], False
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+        return value.strip(), False
     if scheme.lower() == "basic" and value.strip():
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise AuthenticationRequired("the Basic authorization header is malformed") from exc
         _user, _, password = decoded.partition(":")
-        return password or None
+        return password or None, False
     token = request.path_params.get("token")
     if token:
-        return str(token)
-    return request.cookies.get(UI_COOKIE) or None
+        return str(token), False
+    return request.cookies.get(UI_COOKIE) or None, True
 
 
 async def current_principal(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    key = presented_key(request)
-    principal = ANONYMOUS if key is None else await run_in_threadpool(
-        principal_for_key, request.app.state.services, key
-    )
+    key, from_cookie = _presented(request)
+    try:
+        principal = (
+            ANONYMOUS if key is None else await run_in_threadpool(principal_for_key, request.app.state.services, key)
+        )
+    except AuthenticationRequired:
+        if not from_cookie:
+            raise
+        principal = ANONYMOUS  # a revoked key left in the browser: browse anonymously, log in again
     request.state.principal = principal
     return principal
 

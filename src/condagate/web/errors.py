@@ -21,13 +21,15 @@ def _wants_html(request: Request) -> bool:
 
 
 def error_response(request: Request, status: int, code: str, message: str) -> Response:
-    headers = {"WWW-Authenticate": 'Basic realm="condagate"'} if status == 401 else {}
     if _wants_html(request):
+        # No Basic challenge for a page: browsers would show their password dialog, not the login link.
+        headers: dict[str, str] = {}
         templates = request.app.state.templates
         response: Response = templates.TemplateResponse(
             request, "error.html", {"status": status, "message": message}, status_code=status, headers=headers
         )
         return response
+    headers = {"WWW-Authenticate": 'Basic realm="condagate"'} if status == 401 else {}
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 

@@ -2,50 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from condagate.errors import AuthenticationRequired, CondagateError
+from condagate.errors import CondagateError
 from condagate.security.permissions import Permission, Principal
 from condagate.services import catalog, feeds
 from condagate.services.authentication import principal_for_key
 from condagate.services.context import Services
 from condagate.web.auth import UI_COOKIE, current_principal, requires
-from condagate.web.errors import error_response
 
 PAGE_SIZE = 25
 
 
-class PageRoute(APIRoute):
-    """A page answers a browser's 401 without the Basic challenge that conda clients need: with it,
-    browsers open their password dialog instead of showing the error page and its login link."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def page_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except AuthenticationRequired as exc:
-                response = error_response(request, exc.status_code, exc.code, exc.message)
-                if response.media_type == "text/html":
-                    del response.headers["www-authenticate"]
-                return response
-
-        return page_handler
-
-
-router = APIRouter(include_in_schema=False, route_class=PageRoute)
+router = APIRouter(include_in_schema=False)
 
 
 def _local_path(target: str) -> str:
     """Where to go after logging in: a path on this server only, never another site."""
-    if target.startswith("/") and not target.startswith(("//", "/\\")):
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target and target.isprintable():
         return target
     return "/"
 
@@ -58,7 +36,9 @@ def _services(request: Request) -> Services:
 def _render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
     principal: Principal = getattr(request.state, "principal", None) or context.get("principal")  # type: ignore[assignment]
     context = {"principal": principal, "base_url": str(request.base_url).rstrip("/"), **context}
-    return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
+    response: Response = request.app.state.templates.TemplateResponse(request, template, context,
+                                                                      status_code=status_code)
+    return response
 
 
 @router.get("/", dependencies=[Depends(requires(Permission.VIEW))])
@@ -107,17 +87,17 @@ async def package_page(request: Request, feed: str, name: str) -> Response:
 
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
-async def login_page(request: Request, next: str = "/") -> Response:
+async def login_page(request: Request, then: str = Query("/", alias="next")) -> Response:
     try:
         principal = await current_principal(request)
     except CondagateError:  # a stale cookie: the form is how to replace it
         principal = None
-    return _render(request, "login.html", {"error": None, "principal": principal, "next": _local_path(next)})
+    return _render(request, "login.html", {"error": None, "principal": principal, "next": _local_path(then)})
 
 
 @router.post("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
-async def login(request: Request, api_key: str = Form(""), next: str = Form("/")) -> Response:
-    target = _local_path(next)
+async def login(request: Request, api_key: str = Form(""), then: str = Form("/", alias="next")) -> Response:
+    target = _local_path(then)
     try:
         principal = await run_in_threadpool(principal_for_key, _services(request), api_key.strip())
     except CondagateError as exc:
