@@ -30,19 +30,39 @@ import servers  # noqa: E402
 
 ADMIN_KEY = servers.ADMIN_KEY
 free_port = servers.free_port
-SERVER_CORE = 0
-CLIENT_CORE = 1
 
 
 # --- CPU pinning -------------------------------------------------------------------------------------
 
+# The cores this process may use when it starts (before pin_this_process narrows them).
+CORES = sorted(os.sched_getaffinity(0))
+
+
+SERVER_CORE = CORES[0]
+CLIENT_CORE = CORES[1] if len(CORES) > 1 else CORES[0]
+
+
 def can_pin() -> bool:
-    return shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    return shutil.which("taskset") is not None and len(CORES) >= 2
 
 
 def pinned(core: int) -> list[str]:
     """A command prefix that runs the command on one core (nothing when pinning is unavailable)."""
     return ["taskset", "-c", str(core)] if can_pin() else []
+
+
+def unpinned() -> list[str]:
+    """A command prefix that lets the command use every core (undoing this process's own pinning)."""
+    return ["taskset", "-c", ",".join(str(c) for c in CORES)] if can_pin() else []
+
+
+def check_pinned(pid: int, core: int) -> None:
+    """Fail loudly when a server we meant to pin is not (its numbers would be meaningless)."""
+    if can_pin():
+        for member in process_tree(pid):
+            affinity = os.sched_getaffinity(member)
+            if affinity != {core}:
+                raise RuntimeError(f"process {member} runs on cores {sorted(affinity)}, not on core {core}")
 
 
 def pin_this_process(core: int) -> None:
@@ -83,13 +103,20 @@ def cpu_seconds(pid: int) -> float:
 def start_condagate(data_dir: Path, core: int | None = SERVER_CORE, **env: str) -> servers.Server:
     """``condagate serve`` through tests/servers.py, optionally pinned to one core (inherited by workers)."""
     original = servers.condagate_command
-    prefix = pinned(core) if core is not None else []
+    prefix = pinned(core) if core is not None else unpinned()
     servers.condagate_command = lambda: [*prefix, *original()]
     try:
         # tests/servers.py flushes download counts every 0.2 s for the tests; use the server's default.
-        return servers.start_server(data_dir, extra_env={"CONDAGATE_DOWNLOAD_FLUSH_SECONDS": "2", **env})
+        server = servers.start_server(data_dir, extra_env={"CONDAGATE_DOWNLOAD_FLUSH_SECONDS": "2", **env})
     finally:
         servers.condagate_command = original
+    if core is not None:
+        try:
+            check_pinned(server.process.pid, core)
+        except RuntimeError:
+            server.stop()
+            raise
+    return server
 
 
 def create_feed(server: servers.Server, name: str) -> None:
@@ -151,7 +178,8 @@ def generate_packages(root: Path, count: int, subdirs: Sequence[str] = ("noarch"
             version=f"1.{version_index}.0",
             build=f"h{i % 7}_0",
             subdir=subdir,
-            depends=[f"{prefix}-{(name_index + 1) % max(1, count // versions_per_name):05d} >=1.0", "python >=3.9"],
+            depends=[f"{prefix}-{(name_index + 1) % max(1, count // versions_per_name):05d} >=1.0",
+                     "python >=3.9"],
         )
         directory = root / subdir
         directory.mkdir(parents=True, exist_ok=True)

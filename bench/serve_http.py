@@ -87,7 +87,8 @@ def start_nginx(root: Path, core: int | None) -> tuple[subprocess.Popen[bytes], 
     prefix = common.pinned(core) if core is not None else []
     command = [*prefix, shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(root), "-c", str(conf),
                "-e", str(root / "nginx-error.log")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(root / "nginx-stderr.log").open("wb"))
+    stderr = (root / "nginx-stderr.log").open("wb")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         if process.poll() is not None:
@@ -179,11 +180,13 @@ def run(records: int = 2000, duration: int = 5, quiet_variant: bool = True, keep
         for folder in [www, *www.rglob("*")]:
             folder.chmod(0o755 if folder.is_dir() else 0o644)
         nginx, nginx_url = start_nginx(workdir, common.SERVER_CORE)
+        common.check_pinned(nginx.pid, common.SERVER_CORE)
         with httpx.Client(base_url=nginx_url) as client:
             for resource, path in resources.items():
                 response = client.get(path)
                 if response.status_code != 200 or len(response.content) != results.sizes[resource]:
-                    raise RuntimeError(f"nginx does not serve {path} as condagate does: {response.status_code}")
+                    raise RuntimeError(f"nginx does not serve {path} as condagate does: "
+                                       f"{response.status_code}")
 
         targets = [("condagate", server.process.pid, server.url), ("nginx", nginx.pid, nginx_url)]
         for resource, path in resources.items():
@@ -210,33 +213,44 @@ def run(records: int = 2000, duration: int = 5, quiet_variant: bool = True, keep
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _cpu_per_request(load: Load) -> float:
+    return load.server_cores / load.requests_per_s if load.requests_per_s else float("nan")
+
+
 def markdown(r: Results) -> str:
     sizes = ", ".join(f"{k} {v:,} bytes" for k, v in r.sizes.items())
     out = [
         f"### Serving: condagate vs nginx on the same bytes ({r.records:,}-record subdir; {sizes})",
         "",
-        f"`wrk -t1 -c1 -d{r.duration}s` and `wrk -t2 -c64 -d{r.duration}s` on core {common.CLIENT_CORE}; server "
-        f"on core {common.SERVER_CORE} (condagate: granian, 1 worker, default log level info, i.e. one access-log "
-        "line per request; nginx: 1 worker, sendfile, no access log). MB/s = req/s × body size. Server CPU = "
-        "CPU-seconds of the server's processes / wall seconds. Ratio = condagate req/s / nginx req/s.",
+        f"`wrk -t1 -c1 -d{r.duration}s` and `wrk -t2 -c64 -d{r.duration}s` on core {common.CLIENT_CORE}; "
+        f"server on core {common.SERVER_CORE} (condagate: granian, 1 worker, default log level info, i.e. "
+        "one access-log line per request; nginx: 1 worker, sendfile, no access log). MB/s = req/s × body "
+        "size. Server CPU = CPU-seconds of the server's processes / wall seconds; CPU per request = that / "
+        "req/s. Where nginx is far below one core, the client (wrk on one shared core) is the limit, and "
+        "the CPU-per-request ratio says more than the req/s ratio.",
         "",
     ]
     nginx = {(x.resource, x.connections): x for x in r.loads if x.server == "nginx"}
     rows = []
     for load in r.loads:
         base = nginx.get((load.resource, load.connections))
-        ratio = "" if load.server == "nginx" or base is None else f"**{load.requests_per_s / base.requests_per_s:.2f}×**"
+        ratio = cpu_ratio = ""
+        if load.server != "nginx" and base is not None:
+            ratio = f"**{load.requests_per_s / base.requests_per_s:.2f}×**"
+            cpu_ratio = f"{_cpu_per_request(load) / _cpu_per_request(base):.1f}×"
         rows.append([load.resource, load.connections, load.server, f"{load.requests_per_s:,.0f}",
-                     f"{load.megabytes_per_s:,.1f}", load.latency, f"{load.server_cores:.2f}", ratio,
-                     load.errors or "-"])
+                     f"{load.megabytes_per_s:,.1f}", load.latency, f"{load.server_cores:.2f}",
+                     f"{_cpu_per_request(load) * 1000:.3f}", ratio, cpu_ratio, load.errors or "-"])
     rows.sort(key=lambda row: (list(r.sizes).index(str(row[0])), int(str(row[1]))))
-    out += [common.table(["resource", "conns", "server", "req/s", "MB/s", "avg latency", "server CPU (cores)",
-                          "condagate / nginx", "errors"], rows), ""]
+    header = ["resource", "conns", "server", "req/s", "MB/s", "avg latency", "server CPU (cores)",
+              "CPU ms / request", "req/s: condagate / nginx", "CPU per request: condagate / nginx", "errors"]
+    out += [common.table(header, rows), ""]
     return "\n".join(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=2000, help="records in the served subdir")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--no-quiet-variant", action="store_true",

@@ -29,13 +29,15 @@ import common
 SUBDIRS = ("noarch", "linux-64")
 FEED = "bench"
 
+# os._exit: py-rattler 0.28 sometimes segfaults while the interpreter shuts down, after index_fs returned.
 _RATTLER_INDEX = """
-import asyncio, sys, time
+import asyncio, os, sys, time
 from rattler.index import index_fs
 full = sys.argv[2] == "1"
 started = time.perf_counter()
 asyncio.run(index_fs(sys.argv[1], write_zst=full, write_shards=full))
-print(time.perf_counter() - started)
+print(time.perf_counter() - started, flush=True)
+os._exit(0)
 """
 
 
@@ -68,11 +70,11 @@ class Results:
 
 def rattler_index(channel: Path, full: bool, core: int | None) -> float:
     """Seconds ``index_fs`` takes, measured inside a fresh interpreter (optionally pinned to one core)."""
-    prefix = common.pinned(core) if core is not None else []
+    prefix = common.pinned(core) if core is not None else common.unpinned()
     done = subprocess.run([*prefix, sys.executable, "-c", _RATTLER_INDEX, str(channel), "1" if full else "0"],
                           capture_output=True, text=True, check=False, timeout=300)
     if done.returncode != 0:
-        raise RuntimeError(f"rattler index_fs failed:\n{done.stderr}")
+        raise RuntimeError(f"rattler index_fs exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -120,8 +122,17 @@ def plus_one(client: httpx.Client, admin: httpx.Client, feed: str, path: Path) -
             "fetch_zst": done - visible}
 
 
-def log_figures(log: str) -> tuple[list[float], list[float]]:
-    """Per-upload milliseconds from the server's log: the whole request (access log) and store_upload."""
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def log_figures(log: str, skip: str) -> tuple[list[float], list[float]]:
+    """Per-upload milliseconds from the server's log: the whole request (access log) and store_upload;
+    files whose name contains ``skip`` (the +1 uploads) are left out."""
     request_ms, store_ms = [], []
     for line in log.splitlines():
         if not line.startswith("{"):
@@ -130,9 +141,14 @@ def log_figures(log: str) -> tuple[list[float], list[float]]:
             entry = json.loads(line)
         except ValueError:
             continue
-        message = entry.get("message", "")
-        if entry.get("logger") == "condagate.access" and '"POST"' in message and "/upload/" in message:
-            request_ms.append(float(json.loads(message)["ms"]))
+        message = str(entry.get("message", ""))
+        if skip in message:
+            continue
+        if entry.get("logger") == "condagate.access":
+            # The fields are either at the top level of the line or JSON in its message.
+            fields = entry if "ms" in entry else _json_object(message)
+            if fields.get("method") == "POST" and "/upload/" in str(fields.get("path", "")):
+                request_ms.append(float(str(fields["ms"])))
         elif message.startswith("stored "):
             match = re.search(r" in ([0-9.]+) ms$", message)
             if match:
@@ -164,7 +180,7 @@ def run(packages: int = 2000, repeats: int = 5, clients: int = 4, keep: bool = F
                 results.rattler_cold_s[f"{variant}, {cores}"] = rattler_index(channel, full, core)
                 for subdir in SUBDIRS:
                     if rattler_count(channel, subdir) != results.per_subdir[subdir]:
-                        raise RuntimeError(f"rattler indexed the wrong number of packages in {channel}/{subdir}")
+                        raise RuntimeError(f"rattler indexed the wrong count in {channel}/{subdir}")
                 if core is None:
                     continue
                 times = results.rattler_plus_one_s.setdefault(variant, [])
@@ -180,12 +196,12 @@ def run(packages: int = 2000, repeats: int = 5, clients: int = 4, keep: bool = F
         cpu_before = common.cpu_seconds(server.process.pid)
         results.upload_s = common.upload_all(server, FEED, [g.path for g in generated], clients)
         results.upload_server_cpu_s = common.cpu_seconds(server.process.pid) - cpu_before
-        results.upload_ms, results.store_ms = log_figures(server.log())
         with server.client() as client, server.admin() as admin:
             bodies = {}
             for subdir in SUBDIRS:
                 for filename in ("repodata.json", "repodata.json.zst"):
-                    seconds, body = common.timed(lambda s=subdir, f=filename: fetch(client, f"/conda/{FEED}/{s}/{f}"))
+                    path = f"/conda/{FEED}/{subdir}/{filename}"
+                    seconds, body = common.timed(lambda p=path: fetch(client, p))
                     results.first_fetch_s[f"{subdir}/{filename}"] = seconds
                     bodies[(subdir, filename)] = body
             for (subdir, filename), body in bodies.items():
@@ -195,6 +211,8 @@ def run(packages: int = 2000, repeats: int = 5, clients: int = 4, keep: bool = F
             results.plus_one["full"] = [plus_one(client, admin, FEED, extra) for extra in extras]
             common.create_feed(server, "empty")
             results.plus_one["empty"] = [plus_one(client, admin, "empty", extra) for extra in extras]
+        server.stop()  # flushes the server's log
+        results.upload_ms, results.store_ms = log_figures(server.log(), skip="bench-extra-")
         return results
     finally:
         if server is not None:
@@ -252,7 +270,8 @@ def markdown(r: Results) -> str:
         [f"condagate, feed with {r.packages:,}: upload → listed in repodata.json", _ms(visible_full),
          f"upload {_ms(common.median(p['upload'] for p in full))} + GET repodata.json "
          f"{_ms(common.median(p['fetch_json'] for p in full))} (rebuild); then .zst "
-         f"{_ms(common.median(p['fetch_zst'] for p in full))}; max {_ms(max(p['visible'] for p in full))}", ""],
+         f"{_ms(common.median(p['fetch_zst'] for p in full))}; "
+         f"max {_ms(max(p['visible'] for p in full))}", ""],
         ["condagate, empty feed: upload → listed in repodata.json",
          _ms(common.median(p["visible"] for p in empty)),
          f"upload {_ms(common.median(p['upload'] for p in empty))} + GET repodata.json "
@@ -262,11 +281,12 @@ def markdown(r: Results) -> str:
         rows.append([f"rattler index_fs ({variant}, 1 core), channel with {r.packages:,}: copy + re-index",
                      _ms(common.median(times)), f"max {_ms(max(times))}",
                      _ratio(visible_full, common.median(times))])
-    out += [common.table([f"+1 package (median of {r.repeats})", "time", "detail", "condagate / rattler"], rows),
-            ""]
+    header = [f"+1 package (median of {r.repeats})", "time", "detail", "condagate / rattler"]
+    out += [common.table(header, rows), ""]
     if r.upload_ms:
         out += [
-            f"Server side of the {r.packages:,} uploads: {r.upload_server_cpu_s:.1f} CPU-s in the server process "
+            f"Server side of the {r.packages:,} uploads: {r.upload_server_cpu_s:.1f} CPU-s in the server "
+            "process "
             f"({r.upload_server_cpu_s / r.packages * 1000:.1f} ms per package, "
             f"{r.upload_server_cpu_s / r.upload_s:.2f} of a core); request time median "
             f"{common.median(r.upload_ms):.1f} ms, p95 {_percentile(r.upload_ms, 0.95):.1f} ms; of which "
@@ -278,7 +298,8 @@ def markdown(r: Results) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packages", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5, help="how many +1 uploads / re-indexes (median)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent upload connections")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import io
 import json
+import os
 import tarfile
 import time
 import warnings
@@ -162,14 +163,15 @@ def write_truncated(source: Path, directory: Path) -> Path:
 def _tar_without_end(members: list[Member]) -> bytes:
     """``tar_bytes`` without the end-of-archive blocks, so more members can follow."""
     buffer = io.BytesIO()
-    tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT)
-    for member in members:
-        info = tarfile.TarInfo(member.name)
-        info.size = len(member.data)
-        info.mtime = 1_700_000_000
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(member.data))
-    return buffer.getvalue()[: tar.offset]
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in members:
+            info = tarfile.TarInfo(member.name)
+            info.size = len(member.data)
+            info.mtime = 1_700_000_000
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(member.data))
+        body_length = tar.offset
+    return buffer.getvalue()[:body_length]
 
 
 def _zero_member_tar(prefix: list[Member], name: str, size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -203,16 +205,58 @@ def zero_bomb_bz2(prefix: list[Member], size: int, name: str = "info/zeros") -> 
     return b"".join(pieces) + compressor.flush()
 
 
-def set_zip_declared_size(path: Path, member: str, size: int) -> None:
-    """Rewrite the central directory so ``member`` claims ``size`` uncompressed bytes (a lie)."""
+def patch_zip_central_directory(path: Path, member: str, field_offset: int, value: bytes) -> None:
+    """Overwrite one field of ``member``'s central directory header (offsets as in the zip spec)."""
     data = bytearray(path.read_bytes())
     encoded = member.encode()
     offset = data.find(b"PK\x01\x02")
     while offset != -1:
         name_length = int.from_bytes(data[offset + 28 : offset + 30], "little")
         if bytes(data[offset + 46 : offset + 46 + name_length]) == encoded:
-            data[offset + 24 : offset + 28] = size.to_bytes(4, "little")
+            data[offset + field_offset : offset + field_offset + len(value)] = value
             path.write_bytes(bytes(data))
             return
         offset = data.find(b"PK\x01\x02", offset + 4)
     raise ValueError(f"{member} is not in {path}")
+
+
+def set_zip_declared_size(path: Path, member: str, size: int) -> None:
+    """Make ``member`` claim ``size`` uncompressed bytes in the central directory (a lie)."""
+    patch_zip_central_directory(path, member, 24, size.to_bytes(4, "little"))
+
+
+# Where a hostile member can hide: a .conda's info tar, its payload tar, or the one tar of a .tar.bz2.
+PLACES = ("conda-info", "conda-pkg", "tar.bz2")
+
+
+def write_with_members(directory: Path, place: str, extra: list[Member], spec: PackageSpec | None = None) -> Path:
+    """A valid package plus ``extra`` members in ``place`` (one of PLACES)."""
+    spec = spec or PackageSpec("hostile")
+    if place == "conda-info":
+        return write_conda(directory, spec, info=spec.info_members() + extra)
+    if place == "conda-pkg":
+        return write_conda(directory, spec, payload=spec.payload_members() + extra)
+    return write_tar_bz2(directory, spec, spec.info_members() + spec.payload_members() + extra)
+
+
+def write_with_metadata(directory: Path, extension: str, spec: PackageSpec, *, index: bytes | None = None,
+                        about: bytes | None = None, drop: tuple[str, ...] = ()) -> Path:
+    """A package whose info/index.json or info/about.json is exactly the given bytes; ``drop`` leaves members out."""
+    replaced = {"info/index.json": index, "info/about.json": about}
+    info = [Member(m.name, m.data if replaced.get(m.name) is None else replaced[m.name] or b"")
+            for m in spec.info_members() if m.name not in drop]
+    if extension == ".conda":
+        return write_conda(directory, spec, info=info)
+    return write_tar_bz2(directory, spec, info + spec.payload_members())
+
+
+def index_json(spec: PackageSpec, **changes: Any) -> bytes:
+    """``spec``'s index.json with ``changes``; a change to ``...`` removes the key."""
+    index = {**spec.index(), **changes}
+    return json.dumps({key: value for key, value in index.items() if value is not ...}).encode()
+
+
+def write_random(directory: Path, filename: str, size: int = 8192) -> Path:
+    path = directory / filename
+    path.write_bytes(os.urandom(size))
+    return path

@@ -4,9 +4,11 @@ indexer, served over real HTTP on 127.0.0.1 with switches for the faults upstrea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.server
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -14,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
-from package_factory import PackageSpec, write_package
 from rattler.index import index_fs
+
+from package_factory import PackageSpec, write_package
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Faults:
     wrong_bytes: bool = False  # package files: same length, different bytes
     garbage_repodata: bool = False  # repodata: not JSON
     paths: tuple[str, ...] = ()  # limit the faults to paths containing one of these (all when empty)
+    required_authorization: str | None = None  # answer 401 unless this exact Authorization header comes
 
     def applies(self, path: str) -> bool:
         return not self.paths or any(part in path for part in self.paths)
@@ -42,6 +46,7 @@ class UpstreamChannel:
     port: int = 0
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _connections: set[socket.socket] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -72,6 +77,16 @@ class UpstreamChannel:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                with channel._lock:
+                    channel._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with channel._lock:
+                    channel._connections.discard(self.connection)
+                super().finish()
+
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 return
 
@@ -85,6 +100,10 @@ class UpstreamChannel:
                 path = self.path.split("?", 1)[0]
                 with channel._lock:
                     channel.requests[f"{self.command} {path}"] += 1
+                required = channel.faults.required_authorization
+                if required is not None and self.headers.get("Authorization") != required:
+                    self._send(401, b"credentials required", "text/plain", head)
+                    return
                 faults = channel.faults if channel.faults.applies(path) else Faults()
                 if faults.delay:
                     time.sleep(faults.delay)
@@ -121,8 +140,9 @@ class UpstreamChannel:
                     return
                 self._send(200, body, content_type, head, {"ETag": etag})
 
-            def _send(self, status: int, body: bytes, content_type: str, head: bool,
-                      headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes, content_type: str, head: bool, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -144,6 +164,12 @@ class UpstreamChannel:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:  # kept-alive connections too: a real outage does not spare them
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
 
     def count(self, suffix: str, method: str = "GET") -> int:
         with self._lock:

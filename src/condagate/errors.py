@@ -1,21 +1,25 @@
 """The one error tree of condagate; the web layer maps every ``CondagateError`` to one JSON shape.
 
-    CondagateError                 (500, internal)
-    ├── BadRequest                 (400)
-    │   ├── InvalidPackage         (400, invalid_package)
-    │   ├── ChecksumMismatch       (400, checksum_mismatch)
-    │   └── InvalidName            (400, invalid_name)
-    ├── AuthenticationRequired     (401, authentication_required)
-    ├── PermissionDenied           (403, permission_denied)
-    ├── NotFound                   (404)
-    │   ├── FeedNotFound           (404, feed_not_found)
-    │   ├── SubdirNotFound         (404, subdir_not_found)
-    │   └── PackageNotFound        (404, package_not_found)
-    ├── Conflict                   (409)
-    │   ├── FeedExists             (409, feed_exists)
-    │   └── PackageExists          (409, package_exists)
-    ├── PayloadTooLarge            (413, payload_too_large)
-    └── RangeNotSatisfiable        (416, range_not_satisfiable)
+CondagateError                 (500, internal)
+├── BadRequest                 (400)
+│   ├── InvalidPackage         (400, invalid_package)
+│   ├── ChecksumMismatch       (400, checksum_mismatch)
+│   └── InvalidName            (400, invalid_name)
+├── AuthenticationRequired     (401, authentication_required)
+├── PermissionDenied           (403, permission_denied)
+├── NotFound                   (404)
+│   ├── FeedNotFound           (404, feed_not_found)
+│   ├── SubdirNotFound         (404, subdir_not_found)
+│   └── PackageNotFound        (404, package_not_found)
+├── Conflict                   (409)
+│   ├── FeedExists             (409, feed_exists)
+│   └── PackageExists          (409, package_exists)
+├── PayloadTooLarge            (413, payload_too_large)
+├── RangeNotSatisfiable        (416, range_not_satisfiable)
+├── UpstreamError              (502, upstream_error)
+│   ├── UpstreamUnavailable    (502, upstream_unavailable)
+│   └── UpstreamMismatch       (502, upstream_mismatch)
+└── UpstreamTimeout            (504, upstream_timeout)
 """
 
 from __future__ import annotations
@@ -95,3 +99,21 @@ class PayloadTooLarge(CondagateError):
 class RangeNotSatisfiable(CondagateError):
     status_code = 416
     code = "range_not_satisfiable"
+
+
+class UpstreamError(CondagateError):
+    status_code = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamMismatch(UpstreamError):
+    code = "upstream_mismatch"
+
+
+class UpstreamTimeout(CondagateError):
+    status_code = 504
+    code = "upstream_timeout"

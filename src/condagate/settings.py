@@ -27,6 +27,9 @@ class Settings:
     admin_api_key: str = ""
     max_upload_bytes: int = 4 * 1024**3
     download_flush_seconds: float = 2.0
+    # Upstream files up to this size are verified before the first byte goes out (a mismatch is a
+    # clean 502); larger ones stream to the client while they download.
+    proxy_verify_before_send_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     workers: int = 1
 

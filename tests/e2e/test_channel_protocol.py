@@ -126,6 +126,12 @@ def test_etag_last_modified_304_and_head(server: Server, feed: str, make_package
     upload(server, feed, make_package("cached-too"))
     changed = get(server, url, headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
+    # A change within the same second still moves Last-Modified forward (it has whole seconds only).
+    upload(server, feed, make_package("cached-three"))
+    again = get(server, url, headers={"If-Modified-Since": changed.headers["last-modified"]})
+    assert again.status_code == 200
+    moved = parsedate_to_datetime(again.headers["last-modified"])
+    assert moved > parsedate_to_datetime(changed.headers["last-modified"])
 
 
 def test_package_files_etag_range_head(server: Server, feed: str, make_package):

@@ -27,14 +27,17 @@ def test_one_upload_touches_one_shard_and_only_loads_new_rows(tmp_path: Path):
             _upload(services, write_package(tmp_path, PackageSpec(name)))
         feed_id = 1
         before = services.repodata.snapshot(feed_id=feed_id, subdir="noarch")
+        before_shards = before.shards()
         assert services.repodata.snapshot(feed_id=feed_id, subdir="noarch") is before  # no change, no work
         _upload(services, write_package(tmp_path, PackageSpec("two", version="2.0")))
         after = services.repodata.snapshot(feed_id=feed_id, subdir="noarch")
         assert after is not before
         assert after.version.revision == before.version.revision + 1
-        assert after.shards["one"] is before.shards["one"]
-        assert after.shards["three"] is before.shards["three"]
-        assert after.shards["two"] != before.shards["two"]
+        after_shards = after.shards()
+        assert after_shards["one"] is before_shards["one"]
+        assert after_shards["three"] is before_shards["three"]
+        assert after_shards["two"][1] != before_shards["two"][1]
+        assert services.repodata.shard(after, before_shards["two"][1].hex()) == before_shards["two"][2]
         # Unchanged records are reused as the very same bytes objects, never re-read from the database.
         assert all(after.records[fn] is raw for fn, raw in before.records.items())
         assert len(after.records) == 4

@@ -19,13 +19,17 @@ out = Console()
 @app.command("create")
 def create(
     name: str,
+    connector: Annotated[
+        list[str] | None, typer.Option("--connector", help="Proxy this connector (repeat; the first wins)")
+    ] = None,
     description: Annotated[str, typer.Option(help="What the feed is for")] = "",
     json_output: JsonOption = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Create a hosted conda feed."""
-    feed = ApiClient(url, api_key).request("POST", "/api/feeds", json={"name": name, "description": description})
+    """Create a conda feed: hosted, or a proxy of one or more connectors (which may host packages too)."""
+    body = {"name": name, "description": description, "connectors": connector or []}
+    feed = ApiClient(url, api_key).request("POST", "/api/feeds", json=body)
     if json_output:
         print(json.dumps(feed))
         return
@@ -40,9 +44,16 @@ def list_feeds(json_output: JsonOption = False, url: UrlOption = None, api_key: 
     if json_output:
         print(json.dumps(feeds))
         return
-    table = Table("name", "package files", "channel URL", "description")
+    table = Table("name", "kind", "connectors", "package files", "channel URL", "description")
     for feed in feeds:
-        table.add_row(feed["name"], str(feed["package_files"]), feed["channel_url"], feed["description"])
+        table.add_row(
+            feed["name"],
+            feed["kind"],
+            ", ".join(feed["connectors"]),
+            str(feed["package_files"]),
+            feed["channel_url"],
+            feed["description"],
+        )
     out.print(table)
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from condagate.cli import feeds
+from condagate.cli import connectors, feeds
+from condagate.cli.mirror import mirror
 from condagate.cli.serve import serve
 from condagate.cli.upload import upload
 
-app = typer.Typer(help="condagate: a self-hosted conda package repository.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="condagate: a self-hosted conda package repository.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 app.command("serve")(serve)
 app.command("upload")(upload)
+app.command("mirror")(mirror)
 app.add_typer(feeds.app, name="feed")
+app.add_typer(connectors.app, name="connector")
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ def serve(
 
     from condagate.logs import configure_logging
     from condagate.services.bootstrap import ensure_admin_key
+    from condagate.services.connectors import ensure_built_in_connectors
     from condagate.services.context import Services
 
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers)
@@ -37,6 +38,7 @@ def serve(
     services = Services.open(settings)
     try:
         new_key = ensure_admin_key(services)
+        ensure_built_in_connectors(services)
     finally:
         services.close()
     if new_key is not None:

@@ -43,8 +43,12 @@ def upload(
     client = ApiClient(url, api_key)
     results = []
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=Console(stderr=True), transient=json_output,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=json_output,
     ) as progress:
         for path in files:
             task = progress.add_task(path.name, total=path.stat().st_size)

@@ -29,8 +29,7 @@ def encode_channeldata(files: Iterable[PackageFileSummary], subdirs: Iterable[st
         latest = sort_versions_descending(item.version for item in items)[0]
         newest = max((item for item in items if item.version == latest), key=lambda item: item.timestamp)
         entry: dict[str, Any] = {
-            key: newest.about.get(key)
-            for key in ("description", "home", "license", "summary", "dev_url", "doc_url")
+            key: newest.about.get(key) for key in ("description", "home", "license", "summary", "dev_url", "doc_url")
         }
         entry["subdirs"] = sorted({item.subdir for item in items})
         entry["version"] = latest

@@ -16,9 +16,7 @@ def normalise_timestamp(value: float | int) -> int:
     return int(value * 1000) if value <= _SECONDS_CUTOFF else int(value)
 
 
-def build_record(
-    metadata: PackageMetadata, *, sha256: str, md5: str, size: int, uploaded_at_ms: int
-) -> dict[str, Any]:
+def build_record(metadata: PackageMetadata, *, sha256: str, md5: str, size: int, uploaded_at_ms: int) -> dict[str, Any]:
     """Fields from ``info/index.json``; checksums and size of the archive itself, never from inside it."""
     record = {key: value for key, value in metadata.index.items() if key not in _DROPPED_INDEX_KEYS}
     record.setdefault("depends", [])

@@ -34,7 +34,9 @@ PACKAGE_EXTENSIONS: tuple[str, ...] = (".conda", ".tar.bz2")
 _NAME = r"[a-z0-9_][a-z0-9_.\-]*"
 _VERSION = r"[A-Za-z0-9_.+!*]+"
 _BUILD = r"[A-Za-z0-9_.+]+"
-_FILENAME_RE = re.compile(rf"^(?P<name>{_NAME})-(?P<version>{_VERSION})-(?P<build>{_BUILD})(?P<ext>\.conda|\.tar\.bz2)$")
+# Clients unpack a package into a folder named after its stem: longer names fail on most file systems.
+_MAX_FILENAME = 255
+_FILENAME_RE = re.compile(rf"(?P<name>{_NAME})-(?P<version>{_VERSION})-(?P<build>{_BUILD})(?P<ext>\.conda|\.tar\.bz2)")
 
 
 def require_known_subdir(subdir: str) -> str:
@@ -62,7 +64,9 @@ def parse_package_filename(filename: str) -> PackageFilename:
     """Split NAME-VERSION-BUILD.EXT; the name may itself contain dashes, version and build may not."""
     if not filename.endswith(PACKAGE_EXTENSIONS):
         raise InvalidPackage(f"{filename!r} is not a conda package file name: it must end in .conda or .tar.bz2")
-    match = _FILENAME_RE.match(filename)
+    if len(filename) > _MAX_FILENAME:
+        raise InvalidPackage(f"the file name is {len(filename)} characters long; at most {_MAX_FILENAME} allowed")
+    match = _FILENAME_RE.fullmatch(filename)
     if match is None:
         raise InvalidPackage(
             f"{filename!r} is not a valid conda package file name: expected NAME-VERSION-BUILD.conda "

@@ -29,11 +29,7 @@ class Principal:
     authenticated: bool = False
 
     def may(self, permission: Permission) -> bool:
-        return (
-            permission == Permission.PUBLIC
-            or Permission.ADMIN in self.permissions
-            or permission in self.permissions
-        )
+        return permission == Permission.PUBLIC or Permission.ADMIN in self.permissions or permission in self.permissions
 
 
 ANONYMOUS = Principal(name="anonymous", permissions=ANONYMOUS_PERMISSIONS, authenticated=False)

@@ -1,18 +1,28 @@
-"""What the UI and the REST API show of a feed's packages: pages of names, one package's versions."""
+"""What the UI and the REST API show of a feed's packages: pages of names, one package's files.
+
+Listings read the same in-memory subdir snapshots the channel serves, so a proxy feed lists its
+upstreams' packages and a hosted feed its own, through one path; the database adds what repodata
+lacks (about.json text of local packages, cache state, download counts).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from condagate.conda.versions import sort_versions_descending
-from condagate.errors import PackageNotFound
+from condagate.errors import CondagateError, PackageNotFound
+from condagate.services.channel import FeedRef, resolve_feed
 from condagate.services.context import Services
+from condagate.services.repodata_cache import SubdirSnapshot
+from condagate.store import connectors as connector_store
 from condagate.store import downloads as download_store
-from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
-from condagate.store.models import PackageFile
+
+# What a proxy feed lists before any client asked for other subdirs.
+DEFAULT_BROWSE_SUBDIRS = ("noarch", "linux-64")
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,8 @@ class PackageListItem:
     license: str
     subdirs: list[str]
     files: int
+    cached_files: int = 0
+    local: bool = True
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class PackagePage:
     total: int
     offset: int
     limit: int
+    subdirs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,8 @@ class FileDetail:
     timestamp: int
     uploaded_at: str
     downloads: int
+    origin: str = "local"  # "local", or the connector it comes through
+    cached: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,96 +81,177 @@ class PackageDetail:
     about: dict[str, str]
     versions: list[VersionDetail]
     downloads: int
+    downloads_per_day: list[tuple[str, int]] = field(default_factory=list)
 
 
-def _about(row: PackageFile) -> dict[str, str]:
-    value: dict[str, str] = json.loads(row.about or "{}")
-    return value
+@dataclass(frozen=True)
+class _Browse:
+    feed: FeedRef
+    snapshots: list[SubdirSnapshot]
+    warnings: list[str]
+
+
+def _browse(services: Services, feed_name: str) -> _Browse:
+    feed = resolve_feed(services, feed_name)
+    with services.db.read() as session:
+        subdirs = set(package_store.populated_subdirs(session=session, feed_id=feed.id))
+    for connector in feed.connectors:
+        subdirs.update(connector.subdirs or DEFAULT_BROWSE_SUBDIRS)
+        subdirs.update(services.upstream.cached_subdirs(connector.id))
+    snapshots, warnings = [], []
+    for subdir in sorted(subdirs):
+        try:
+            snapshots.append(services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors))
+        except CondagateError as exc:
+            warnings.append(f"{subdir}: {exc.message}")
+    return _Browse(feed, snapshots, warnings)
+
+
+def _records_of(browse: _Browse, name: str) -> list[tuple[SubdirSnapshot, str, dict[str, Any]]]:
+    found = []
+    for snapshot in browse.snapshots:
+        for filename in snapshot.by_name().get(name, []):
+            record = snapshot.record(filename)
+            if record is not None:
+                found.append((snapshot, filename, record))
+    return found
 
 
 def list_packages(services: Services, *, feed: str, search: str = "", offset: int = 0, limit: int = 50) -> PackagePage:
+    browse = _browse(services, feed)
+    needle = search.strip().lower()
+    names = sorted({name for snapshot in browse.snapshots for name in snapshot.by_name() if needle in name})
+    page_names = names[offset : offset + limit]
     with services.db.read() as session:
-        feed_row = feed_store.get_feed(session=session, name=feed)
-        total = package_store.count_package_names(session=session, feed_id=feed_row.id, search=search)
-        names = package_store.page_package_names(
-            session=session, feed_id=feed_row.id, search=search, offset=offset, limit=limit
+        local_rows = package_store.files_of_names(session=session, feed_id=browse.feed.id, names=page_names)
+        upstream_files = [
+            filename
+            for name in page_names
+            for snapshot in browse.snapshots
+            for filename in snapshot.by_name().get(name, [])
+            if not snapshot.is_local(filename)
+        ]
+        cached = connector_store.cached_filenames(
+            session=session, connector_ids=[c.id for c in browse.feed.connectors], filenames=upstream_files
         )
-        rows = package_store.files_of_names(session=session, feed_id=feed_row.id, names=names)
-    by_name: dict[str, list[PackageFile]] = {}
-    for row in rows:
-        by_name.setdefault(row.name, []).append(row)
+    about_by_name: dict[str, dict[str, str]] = {}
+    for row in local_rows:
+        about_by_name.setdefault(row.name, json.loads(row.about or "{}"))
     items = []
-    for name in names:
-        files = by_name.get(name, [])
-        latest = sort_versions_descending(row.version for row in files)[0]
-        newest = next(row for row in files if row.version == latest)
-        about = _about(newest)
+    for name in page_names:
+        records = _records_of(browse, name)
+        latest = sort_versions_descending(record["version"] for _, _, record in records)[0]
+        newest = next(record for _, _, record in records if record["version"] == latest)
+        upstream_count = sum(1 for snapshot, fn, _ in records if not snapshot.is_local(fn))
         items.append(
             PackageListItem(
                 name=name,
                 latest_version=latest,
-                summary=about.get("summary", ""),
-                license=json.loads(newest.record).get("license", about.get("license", "")) or "",
-                subdirs=sorted({row.subdir for row in files}),
-                files=len(files),
+                summary=about_by_name.get(name, {}).get("summary", ""),
+                license=str(newest.get("license") or about_by_name.get(name, {}).get("license", "")),
+                subdirs=sorted({snapshot.subdir for snapshot, _, _ in records}),
+                files=len(records),
+                cached_files=sum(1 for snapshot, fn, _ in records if (snapshot.subdir, fn) in cached)
+                + (len(records) - upstream_count),
+                local=upstream_count == 0,
             )
         )
-    return PackagePage(items=items, total=total, offset=offset, limit=limit)
+    return PackagePage(items, len(names), offset, limit, [s.subdir for s in browse.snapshots], browse.warnings)
 
 
 def package_detail(services: Services, *, feed: str, name: str) -> PackageDetail:
+    browse = _browse(services, feed)
+    records = _records_of(browse, name)
+    if not records:
+        raise PackageNotFound(f"package {name!r} is not in feed {feed!r}")
     with services.db.read() as session:
-        feed_row = feed_store.get_feed(session=session, name=feed)
-        rows = package_store.files_of_names(session=session, feed_id=feed_row.id, names=[name])
-        if not rows:
-            raise PackageNotFound(f"package {name!r} is not in feed {feed!r}")
+        local_rows = {
+            row.filename: row
+            for row in package_store.files_of_names(session=session, feed_id=browse.feed.id, names=[name])
+        }
         counts = download_store.downloads_by_file(
-            session=session, feed_id=feed_row.id, filenames=[row.filename for row in rows]
+            session=session, feed_id=browse.feed.id, filenames=[filename for _, filename, _ in records]
         )
-    ordered = sort_versions_descending(row.version for row in rows)
+        cached = connector_store.cached_filenames(
+            session=session,
+            connector_ids=[c.id for c in browse.feed.connectors],
+            filenames=[filename for _, filename, _ in records],
+        )
+        since = _days_ago(30)
+        per_day = download_store.per_day(session=session, feed_id=browse.feed.id, since=since, name=name)
+    ordered = sort_versions_descending(record["version"] for _, _, record in records)
     versions = {version: VersionDetail(version) for version in ordered}
-    for row in rows:
-        record: dict[str, Any] = json.loads(row.record)
-        versions[row.version].files.append(
+    for snapshot, filename, record in records:
+        row = local_rows.get(filename) if snapshot.is_local(filename) else None
+        origin = "local" if row is not None else _origin(services, browse.feed, snapshot.subdir, filename)
+        versions[str(record["version"])].files.append(
             FileDetail(
-                filename=row.filename,
-                subdir=row.subdir,
-                version=row.version,
-                build=row.build,
+                filename=filename,
+                subdir=snapshot.subdir,
+                version=str(record["version"]),
+                build=str(record.get("build", "")),
                 build_number=int(record.get("build_number", 0)),
-                size=row.size,
-                sha256=row.sha256,
-                md5=row.md5,
+                size=int(record.get("size", 0)),
+                sha256=str(record.get("sha256", "")),
+                md5=str(record.get("md5", "")),
                 depends=list(record.get("depends", [])),
                 constrains=list(record.get("constrains", [])),
                 license=str(record.get("license", "")),
                 timestamp=int(record.get("timestamp", 0)),
-                uploaded_at=row.uploaded_at.isoformat(),
-                downloads=counts.get((row.subdir, row.filename), 0),
+                uploaded_at=row.uploaded_at.isoformat() if row is not None else "",
+                downloads=counts.get((snapshot.subdir, filename), 0),
+                origin=origin,
+                cached=row is not None or (snapshot.subdir, filename) in cached,
             )
         )
     for detail in versions.values():
         detail.files.sort(key=lambda f: (f.subdir, -f.build_number, f.filename))
-    newest = next(row for row in rows if row.version == ordered[0])
+    newest_local = next((row for row in local_rows.values()), None)
     return PackageDetail(
         feed=feed,
         name=name,
         latest_version=ordered[0],
-        about=_about(newest),
+        about=json.loads(newest_local.about) if newest_local is not None else {},
         versions=list(versions.values()),
         downloads=sum(counts.values()),
+        downloads_per_day=[(day.isoformat(), count) for day, count in per_day],
     )
+
+
+def _origin(services: Services, feed: FeedRef, subdir: str, filename: str) -> str:
+    for connector in feed.connectors:
+        upstream = services.upstream.peek(connector.id, subdir)
+        if upstream is not None and filename in upstream.records:
+            return connector.name
+    return "upstream"
+
+
+def _days_ago(days: int) -> date:
+    return (datetime.now(UTC) - timedelta(days=days)).date()
 
 
 def downloads_of_packages(services: Services, *, feed: str, names: list[str]) -> dict[str, int]:
     """Total downloads of each named package, over all its files (the feed page's column)."""
+    feed_ref = resolve_feed(services, feed)
     with services.db.read() as session:
-        feed_row = feed_store.get_feed(session=session, name=feed)
-        rows = package_store.files_of_names(session=session, feed_id=feed_row.id, names=names)
-        counts = download_store.downloads_by_file(
-            session=session, feed_id=feed_row.id, filenames=[row.filename for row in rows]
-        )
-    totals = dict.fromkeys(names, 0)
-    for row in rows:
-        totals[row.name] += counts.get((row.subdir, row.filename), 0)
-    return totals
+        counts = download_store.downloads_by_name(session=session, feed_id=feed_ref.id, names=names)
+    return {name: counts.get(name, 0) for name in names}
+
+
+@dataclass(frozen=True)
+class DownloadStatistics:
+    days: int
+    total: int
+    top_packages: list[tuple[str, int]]
+    per_day: list[tuple[str, int]]
+
+
+def download_statistics(services: Services, *, feed: str, days: int = 30, top: int = 20) -> DownloadStatistics:
+    feed_ref = resolve_feed(services, feed)
+    since = _days_ago(days)
+    with services.db.read() as session:
+        top_packages = download_store.top_packages(session=session, feed_id=feed_ref.id, since=since, limit=top)
+        per_day = download_store.per_day(session=session, feed_id=feed_ref.id, since=since)
+    return DownloadStatistics(
+        days, sum(c for _, c in per_day), top_packages, [(day.isoformat(), count) for day, count in per_day]
+    )

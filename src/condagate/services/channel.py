@@ -1,37 +1,73 @@
-"""Reading a feed as a conda channel: resolving feeds, snapshots and package blobs."""
+"""Reading a feed as a conda channel: resolving feeds, snapshots and where a package file comes from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import PackageNotFound
+from condagate.services.connectors import config_of
 from condagate.services.context import Services
 from condagate.services.repodata_cache import SubdirSnapshot
+from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
+from condagate.store import packages as package_store
+from condagate.upstream.connector import ConnectorConfig
 
 
 @dataclass(frozen=True)
 class FeedRef:
     id: int
     name: str
+    connectors: list[ConnectorConfig] = field(default_factory=list)
+
+    def connector_name(self, connector_id: int) -> str:
+        return next((c.name for c in self.connectors if c.id == connector_id), str(connector_id))
 
 
 def resolve_feed(services: Services, name: str) -> FeedRef:
     with services.db.read() as session:
-        feed = feed_store.get_feed(session=session, name=name)
-        return FeedRef(feed.id, feed.name)
+        return _feed_ref(session, name)
+
+
+def _feed_ref(session: Session, name: str) -> FeedRef:
+    feed = feed_store.get_feed(session=session, name=name)
+    connectors = [config_of(row) for row in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
+    return FeedRef(feed.id, feed.name, connectors)
+
+
+@dataclass(frozen=True)
+class FeedSubdir:
+    feed: FeedRef
+    snapshot: SubdirSnapshot
+
+    @property
+    def stale_notice(self) -> str:
+        """What the ``X-Condagate-Stale`` header says: which upstreams failed their last check."""
+        return "; ".join(f"{self.feed.connector_name(cid)}: {error}" for cid, error in self.snapshot.stale)
+
+
+def feed_subdir(services: Services, feed_name: str, subdir: str) -> FeedSubdir:
+    require_known_subdir(subdir)
+    with services.db.read() as session:  # one session for the feed and the subdir's revision
+        feed = _feed_ref(session, feed_name)
+        version = package_store.subdir_version(session=session, feed_id=feed.id, subdir=subdir)
+    snapshot = services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version)
+    return FeedSubdir(feed, snapshot)
 
 
 def subdir_snapshot(services: Services, feed_name: str, subdir: str) -> SubdirSnapshot:
-    require_known_subdir(subdir)
-    feed = resolve_feed(services, feed_name)
-    return services.repodata.snapshot(feed_id=feed.id, subdir=subdir)
+    return feed_subdir(services, feed_name, subdir).snapshot
 
 
 @dataclass(frozen=True)
 class PackageBlob:
+    """A file the server has: a feed's own package, or an upstream package already cached."""
+
     feed_id: int
     subdir: str
     filename: str
@@ -39,15 +75,53 @@ class PackageBlob:
     path: Path
 
 
-def package_blob(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob:
-    require_known_subdir(subdir)
-    feed = resolve_feed(services, feed_name)
-    snapshot = services.repodata.snapshot(feed_id=feed.id, subdir=subdir)
+@dataclass(frozen=True)
+class UpstreamPackage:
+    """A file listed by a connector but not cached yet: it has to come from the upstream."""
+
+    feed_id: int
+    connector: ConnectorConfig
+    subdir: str
+    filename: str
+    record: dict[str, Any]
+
+
+def locate_package(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob | UpstreamPackage:
+    located = feed_subdir(services, feed_name, subdir)
+    feed, snapshot = located.feed, located.snapshot
     record = snapshot.record(filename)
     if record is None:
         raise PackageNotFound(f"{subdir}/{filename} is not in feed {feed_name!r}")
-    sha256 = str(record["sha256"])
+    if snapshot.is_local(filename):
+        return _blob(services, feed.id, subdir, filename, str(record["sha256"]), feed_name)
+    connector = _connector_listing(services, feed, subdir, filename)
+    cached = cached_blob(services, connector.id, feed.id, subdir, filename)
+    if cached is not None:
+        return cached
+    return UpstreamPackage(feed.id, connector, subdir, filename, record)
+
+
+def cached_blob(services: Services, connector_id: int, feed_id: int, subdir: str, filename: str) -> PackageBlob | None:
+    with services.db.read() as session:
+        row = connector_store.cached_package(
+            session=session, connector_id=connector_id, subdir=subdir, filename=filename
+        )
+    if row is None or not services.blobs.exists(row.sha256):
+        return None
+    return PackageBlob(feed_id, subdir, filename, row.sha256, services.blobs.local_path(row.sha256))
+
+
+def _connector_listing(services: Services, feed: FeedRef, subdir: str, filename: str) -> ConnectorConfig:
+    """The first of the feed's connectors whose repodata lists the file (the one the merge took)."""
+    for connector in feed.connectors:
+        upstream = services.upstream.peek(connector.id, subdir)
+        if upstream is not None and filename in upstream.records:
+            return connector
+    raise PackageNotFound(f"{subdir}/{filename} is no longer listed by the upstreams of feed {feed.name!r}")
+
+
+def _blob(services: Services, feed_id: int, subdir: str, filename: str, sha256: str, feed_name: str) -> PackageBlob:
     path = services.blobs.local_path(sha256)
     if not path.is_file():
         raise PackageNotFound(f"{subdir}/{filename} is listed in feed {feed_name!r} but its file is missing")
-    return PackageBlob(feed.id, subdir, filename, sha256, path)
+    return PackageBlob(feed_id, subdir, filename, sha256, path)

@@ -21,7 +21,8 @@ class DownloadCounter:
         self._flush_lock = threading.Lock()
 
     def record(self, *, feed_id: int, subdir: str, filename: str) -> None:
-        key = (feed_id, subdir, filename, datetime.now(UTC).date())
+        name = filename.rsplit("-", 2)[0]  # NAME-VERSION-BUILD.ext: the name is all before the last two dashes
+        key = (feed_id, subdir, filename, name, datetime.now(UTC).date())
         with self._lock:
             self._pending[key] += 1
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from condagate.errors import InvalidName
+from condagate.errors import BadRequest, InvalidName
+from condagate.services.blob_cleanup import delete_if_unused
 from condagate.services.context import Services
+from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
-from condagate.store.packages import sha256_in_use
 
 # Feed names are URL path segments next to the server's own routes: these would shadow them.
 RESERVED_NAMES = frozenset(
@@ -35,19 +36,38 @@ class FeedInfo:
     description: str
     created_at: datetime
     package_files: int = 0
+    connectors: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "proxy" if self.connectors else "hosted"
 
 
-def create_feed(services: Services, *, name: str, description: str = "") -> FeedInfo:
+def create_feed(
+    services: Services, *, name: str, description: str = "", connectors: list[str] | None = None
+) -> FeedInfo:
+    """A hosted feed, or with ``connectors`` (in order of precedence) a proxy feed that may also host."""
     validate_feed_name(name)
+    connectors = connectors or []
+    if len(set(connectors)) != len(connectors):
+        raise BadRequest("a connector is listed twice")
     with services.db.write() as session:
+        connector_ids = [connector_store.get_connector(session=session, name=c).id for c in connectors]
         feed = feed_store.create_feed(session=session, name=name, description=description)
-        return FeedInfo(feed.name, feed.description, feed.created_at)
+        connector_store.set_feed_connectors(session=session, feed_id=feed.id, connector_ids=connector_ids)
+        return FeedInfo(feed.name, feed.description, feed.created_at, 0, connectors)
 
 
 def list_feeds(services: Services) -> list[FeedInfo]:
     with services.db.read() as session:
         return [
-            FeedInfo(feed.name, feed.description, feed.created_at, files)
+            FeedInfo(
+                feed.name,
+                feed.description,
+                feed.created_at,
+                files,
+                [c.name for c in connector_store.connectors_of_feed(session=session, feed_id=feed.id)],
+            )
             for feed, files in feed_store.list_feeds(session=session)
         ]
 
@@ -55,7 +75,8 @@ def list_feeds(services: Services) -> list[FeedInfo]:
 def get_feed(services: Services, *, name: str) -> FeedInfo:
     with services.db.read() as session:
         feed = feed_store.get_feed(session=session, name=name)
-        return FeedInfo(feed.name, feed.description, feed.created_at)
+        connectors = [c.name for c in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
+        return FeedInfo(feed.name, feed.description, feed.created_at, 0, connectors)
 
 
 def delete_feed(services: Services, *, name: str) -> None:
@@ -63,7 +84,5 @@ def delete_feed(services: Services, *, name: str) -> None:
         feed_id = feed_store.get_feed(session=session, name=name).id
         digests = feed_store.delete_feed(session=session, name=name)
     services.repodata.forget_feed(feed_id)
-    with services.db.read() as session:
-        unused = [digest for digest in set(digests) if not sha256_in_use(session=session, sha256=digest)]
-    for digest in unused:
-        services.blobs.delete(digest)
+    for digest in set(digests):
+        delete_if_unused(services, digest)

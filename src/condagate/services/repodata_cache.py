@@ -1,9 +1,11 @@
-"""Encoded repodata per feed and subdir, rebuilt incrementally when the subdir's revision moves.
+"""Encoded repodata per feed and subdir: local records merged over the feed's connectors' records.
 
-Every request asks the database for the subdir's (revision, generation): one primary-key read. When it
-moved, only rows with a newer revision are loaded; only their package names are re-sharded; the
-subdir's JSON is re-assembled from cached record bytes (no record is re-parsed) and compressed once.
-bz2 is slow and rarely asked for, so it is built on first request and kept until the next change.
+Every request asks the database for the subdir's local (revision, generation) — one primary-key
+read — and the feed's connectors. When the local revision moved, only rows with a newer revision are
+loaded; when an upstream's records changed, the merge is redone once. The subdir's JSON is assembled
+from cached record bytes (no record is re-parsed) and compressed once per change. Shards are built
+when first asked for, re-encoding only the package names whose records changed. bz2 is slow and
+rarely asked for: it is built on first request and kept until the next change.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
@@ -22,9 +24,14 @@ from condagate.conda.shards import encode_shard, encode_shard_index
 from condagate.store import packages as package_store
 from condagate.store.db import Database
 from condagate.store.packages import SubdirVersion
+from condagate.upstream.connector import ConnectorConfig
+from condagate.upstream.repodata_cache import UpstreamRepodataCache, UpstreamSnapshot
 
 # Superseded shards stay fetchable for a while: a client may hold an older index.
 _RETIRED_SHARDS_KEPT = 4096
+
+ShardEntry = tuple[tuple[tuple[str, bytes], ...], bytes, bytes]  # (records key, digest, body)
+UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
 
 
 @dataclass(frozen=True)
@@ -40,22 +47,39 @@ def _etag(data: bytes, variant: str) -> str:
 
 @dataclass
 class SubdirSnapshot:
-    """One subdir's records and their encodings; replaced as a whole, read without locks."""
+    """One feed subdir: its records and their encodings; replaced as a whole, read without locks."""
 
     subdir: str
     version: SubdirVersion
+    upstream_version: UpstreamVersion
+    local_records: dict[str, bytes]
+    local_names: dict[str, str]
     records: dict[str, bytes]
     names: dict[str, str]
-    shards: dict[str, tuple[bytes, bytes]]
     built_at: datetime
     json: Encoded
     zst: Encoded
-    shard_index: Encoded
+    stale: list[tuple[int, str]] = field(default_factory=list)  # (connector id, last error)
+    _previous_shards: dict[str, ShardEntry] | None = None
+    _shards: dict[str, ShardEntry] | None = None
+    _shard_index: Encoded | None = None
+    _shards_by_digest: dict[str, bytes] | None = None
     _bz2: Encoded | None = None
-    _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
+    _by_name: dict[str, list[str]] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def by_name(self) -> dict[str, list[str]]:
+        """Package name -> its file names (for listings), built on first use."""
+        with self._lock:
+            if self._by_name is None:
+                grouped: dict[str, list[str]] = {}
+                for filename, name in self.names.items():
+                    grouped.setdefault(name, []).append(filename)
+                self._by_name = grouped
+            return self._by_name
 
     def bz2(self) -> Encoded:
-        with self._bz2_lock:
+        with self._lock:
             if self._bz2 is None:
                 body = compress_bz2(self.json.body)
                 self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.built_at)
@@ -65,31 +89,55 @@ class SubdirSnapshot:
         raw = self.records.get(filename)
         return None if raw is None else decode_record(raw)
 
+    def is_local(self, filename: str) -> bool:
+        return filename in self.local_records
 
-def _encode(subdir: str, records: dict[str, bytes], shards: dict[str, tuple[bytes, bytes]],
-            version: SubdirVersion, names: dict[str, str]) -> SubdirSnapshot:
-    now = (version.updated_at or datetime.now(UTC)).replace(microsecond=0)
-    # SQLite hands back naive datetimes (written in UTC); PostgreSQL aware ones in its own zone.
-    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    body = encode_repodata(subdir, records)
-    json_etag = _etag(body, "json")
-    index = encode_shard_index(subdir, {name: digest for name, (digest, _) in shards.items()}, now)
-    return SubdirSnapshot(
-        subdir=subdir,
-        version=version,
-        records=records,
-        names=names,
-        shards=shards,
-        built_at=now,
-        json=Encoded(body, json_etag, now),
-        zst=Encoded(compress_zstd(body), json_etag.replace("-json", "-zst"), now),
-        shard_index=Encoded(index, _etag(index, "shards"), now),
-    )
+    def shards(self) -> dict[str, ShardEntry]:
+        with self._lock:
+            if self._shards is None:
+                self._shards = self._build_shards()
+                self._shards_by_digest = {entry[1].hex(): entry[2] for entry in self._shards.values()}
+                self._shard_index = None
+            return self._shards
+
+    def shard_by_digest(self, digest_hex: str) -> bytes | None:
+        self.shards()
+        assert self._shards_by_digest is not None
+        return self._shards_by_digest.get(digest_hex)
+
+    def shard_index(self) -> Encoded:
+        shards = self.shards()
+        with self._lock:
+            if self._shard_index is None:
+                index = encode_shard_index(
+                    self.subdir, {name: entry[1] for name, entry in shards.items()}, self.built_at
+                )
+                self._shard_index = Encoded(index, _etag(index, "shards"), self.built_at)
+            return self._shard_index
+
+    def _build_shards(self) -> dict[str, ShardEntry]:
+        previous = self._previous_shards or {}
+        self._previous_shards = None
+        by_name: dict[str, list[str]] = {}
+        for filename, name in self.names.items():
+            by_name.setdefault(name, []).append(filename)
+        shards: dict[str, ShardEntry] = {}
+        for name, filenames in by_name.items():
+            # The key holds references to the record bytes, not copies; equal keys mean an equal shard.
+            key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
+            old = previous.get(name)
+            if old is not None and old[0] == key:
+                shards[name] = old
+            else:
+                digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                shards[name] = (key, digest, body)
+        return shards
 
 
 class RepodataCache:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, upstream: UpstreamRepodataCache | None = None) -> None:
         self._db = db
+        self._upstream = upstream
         self._snapshots: dict[tuple[int, str], SubdirSnapshot] = {}
         self._locks: dict[tuple[int, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -100,68 +148,114 @@ class RepodataCache:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def snapshot(self, *, feed_id: int, subdir: str) -> SubdirSnapshot:
-        """The subdir's current snapshot, brought up to date with the database first."""
+    def upstream_snapshots(self, connectors: list[ConnectorConfig], subdir: str) -> list[UpstreamSnapshot]:
+        if self._upstream is None:
+            return []
+        return [self._upstream.get(connector, subdir) for connector in connectors if connector.serves_subdir(subdir)]
+
+    def snapshot(
+        self,
+        *,
+        feed_id: int,
+        subdir: str,
+        connectors: list[ConnectorConfig] | None = None,
+        version: SubdirVersion | None = None,
+    ) -> SubdirSnapshot:
+        """The subdir's current snapshot, brought up to date with the database and the upstreams first.
+        ``version`` is the subdir's local revision when the caller has just read it."""
         key = (feed_id, subdir)
-        with self._db.read() as session:
-            version = package_store.subdir_version(session=session, feed_id=feed_id, subdir=subdir)
+        if version is None:
+            with self._db.read() as session:
+                version = package_store.subdir_version(session=session, feed_id=feed_id, subdir=subdir)
+        upstreams = self.upstream_snapshots(connectors or [], subdir)
+        upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
+        stale = [(u.connector_id, u.error) for u in upstreams if u.stale]
         current = self._snapshots.get(key)
-        if current is not None and current.version == version:
+        if current is not None and current.version == version and current.upstream_version == upstream_version:
+            current.stale = stale
             return current
-        with self._lock(key):
+        lock = self._lock(key)
+        if current is not None and current.version == version and not lock.acquire(blocking=False):
+            return current  # an upstream merge is being built: the previous one is still correct to serve
+        if current is None or current.version != version:
+            lock.acquire()
+        try:
             current = self._snapshots.get(key)
-            if current is not None and current.version == version:
+            if current is not None and current.version == version and current.upstream_version == upstream_version:
                 return current
-            updated = self._rebuild(feed_id, subdir, current)
+            updated = self._rebuild(feed_id, subdir, current, upstreams)
+            updated.stale = stale
             self._snapshots[key] = updated
             return updated
+        finally:
+            lock.release()
 
-    def _rebuild(self, feed_id: int, subdir: str, current: SubdirSnapshot | None) -> SubdirSnapshot:
+    def _rebuild(
+        self, feed_id: int, subdir: str, current: SubdirSnapshot | None, upstreams: list[UpstreamSnapshot]
+    ) -> SubdirSnapshot:
         with self._db.read() as session:
             version = package_store.subdir_version(session=session, feed_id=feed_id, subdir=subdir)
             incremental = current is not None and current.version.generation == version.generation
             since = current.version.revision if incremental and current is not None else -1
             rows = package_store.records_since(session=session, feed_id=feed_id, subdir=subdir, revision=since)
         if incremental and current is not None:
-            records, names, shards = dict(current.records), dict(current.names), dict(current.shards)
+            local_records, local_names = dict(current.local_records), dict(current.local_names)
         else:
-            records, names, shards = {}, {}, {}
-        changed_names: set[str] = set()
+            local_records, local_names = {}, {}
         newest = version.revision
         for filename, name, record, revision in rows:
-            previous = names.get(filename)
-            if previous is not None:
-                changed_names.add(previous)
-            records[filename] = record.encode()
-            names[filename] = name
-            changed_names.add(name)
+            local_records[filename] = record.encode()
+            local_names[filename] = name
             newest = max(newest, revision)
-        if not incremental:
-            changed_names = set(names.values())
-        by_name: dict[str, list[str]] = {}
-        for filename, name in names.items():
-            if name in changed_names:
-                by_name.setdefault(name, []).append(filename)
-        for name in changed_names:
-            old = shards.pop(name, None)
-            if old is not None:
-                self._retire(old)
-            filenames = by_name.get(name)
-            if filenames:
-                shards[name] = encode_shard((fn, decode_record(records[fn])) for fn in filenames)
-        return _encode(subdir, records, shards, SubdirVersion(newest, version.generation, version.updated_at), names)
+        if upstreams:
+            records: dict[str, bytes] = {}
+            names: dict[str, str] = {}
+            for upstream in reversed(upstreams):  # the first connector wins a file name over later ones
+                for filename, (name, raw) in upstream.records.items():
+                    records[filename] = raw
+                    names[filename] = name
+            records.update(local_records)  # and the feed's own packages win over every connector
+            names.update(local_names)
+        else:
+            records, names = local_records, local_names
+        previous_shards = None
+        if current is not None:
+            previous_shards = current._shards if current._shards is not None else current._previous_shards
+            if current._shards is not None:
+                self._retire(current._shards)
+        built_at = (version.updated_at or datetime.now(UTC)).replace(microsecond=0)
+        # SQLite hands back naive datetimes (written in UTC); PostgreSQL aware ones in its own zone.
+        built_at = built_at.replace(tzinfo=UTC) if built_at.tzinfo is None else built_at.astimezone(UTC)
+        if upstreams:
+            built_at = max(built_at, datetime.now(UTC).replace(microsecond=0))
+        if current is not None and built_at <= current.built_at:
+            # Last-Modified has whole seconds: two changes in one second must still give a newer date,
+            # or a client sending only If-Modified-Since would be told the old repodata is current.
+            built_at = current.built_at + timedelta(seconds=1)
+        body = encode_repodata(subdir, records)
+        json_etag = _etag(body, "json")
+        return SubdirSnapshot(
+            subdir=subdir,
+            version=SubdirVersion(newest, version.generation, version.updated_at),
+            upstream_version=tuple((u.connector_id, u.generation) for u in upstreams),
+            local_records=local_records,
+            local_names=local_names,
+            records=records,
+            names=names,
+            built_at=built_at,
+            json=Encoded(body, json_etag, built_at),
+            zst=Encoded(compress_zstd(body), json_etag.replace("-json", "-zst"), built_at),
+            _previous_shards=previous_shards,
+        )
 
-    def _retire(self, shard: tuple[bytes, bytes]) -> None:
-        self._retired_shards[shard[0].hex()] = shard[1]
+    def _retire(self, shards: dict[str, ShardEntry]) -> None:
+        for entry in shards.values():
+            self._retired_shards[entry[1].hex()] = entry[2]
         while len(self._retired_shards) > _RETIRED_SHARDS_KEPT:
             self._retired_shards.popitem(last=False)
 
-    def shard(self, *, feed_id: int, subdir: str, digest_hex: str) -> bytes | None:
-        snapshot = self.snapshot(feed_id=feed_id, subdir=subdir)
-        for digest, body in snapshot.shards.values():
-            if digest.hex() == digest_hex:
-                return body
-        return self._retired_shards.get(digest_hex)
+    def shard(self, snapshot: SubdirSnapshot, digest_hex: str) -> bytes | None:
+        return snapshot.shard_by_digest(digest_hex) or self._retired_shards.get(digest_hex)
 
     def channeldata(self, *, feed_id: int) -> Encoded:
         with self._db.read() as session:

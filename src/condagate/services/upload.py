@@ -21,10 +21,12 @@ from condagate.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
+from condagate.services.blob_cleanup import blob_lock_name, delete_if_unused, delete_unused_locked
 from condagate.services.context import Services
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 from condagate.store.blobs import IncomingBlob
+from condagate.store.locks import held
 from condagate.store.models import PackageFile
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,9 @@ class UploadResult:
     record: dict[str, Any]
 
 
-def check_declared_size(content_length: str | None, limit: int) -> None:
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+def check_declared_size(content_length: str | None, limit: int, framing: int = 0) -> None:
+    """Refuse before reading when the declared body is over ``limit`` plus the ``framing`` around the package."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit + framing:
         raise PayloadTooLarge(f"the upload is {content_length} bytes; this server accepts at most {limit}")
 
 
@@ -65,7 +68,8 @@ async def receive(services: Services, chunks: AsyncIterator[bytes]) -> IncomingB
     return incoming
 
 
-def _validate_sha256(declared: str | None) -> str | None:
+def validate_declared_sha256(declared: str | None) -> str | None:
+    """The declared sha256 normalised to lower case, or None when none was declared."""
     if not declared:
         return None
     declared = declared.strip().lower()
@@ -88,13 +92,12 @@ def store_upload(
 ) -> UploadResult:
     """Validate ``incoming`` and add it to the feed; on any failure nothing is kept."""
     started = time.perf_counter()
-    blob_is_new = False
     sha256 = incoming.sha256.hexdigest()
     try:
         parse_package_filename(filename)
         if subdir is not None:
             require_known_subdir(subdir)
-        expected = _validate_sha256(declared_sha256)
+        expected = validate_declared_sha256(declared_sha256)
         if expected is not None and expected != sha256:
             raise ChecksumMismatch(f"the upload's sha256 is {sha256}, but {expected} was declared")
         metadata = read_package(incoming.path, filename, expected_subdir=subdir)
@@ -108,45 +111,58 @@ def store_upload(
         package_subdir = metadata.subdir
         with services.db.read() as session:
             feed = feed_store.get_feed(session=session, name=feed_name)
-            _refuse_existing(package_store.find_file(session=session, feed_id=feed.id, subdir=package_subdir,
-                                                     filename=filename), filename, force, may_overwrite)
-        blob_is_new = services.blobs.commit(incoming)
-        with services.db.write() as session:
-            existing = package_store.find_file(session=session, feed_id=feed.id, subdir=package_subdir,
-                                               filename=filename)
-            _refuse_existing(existing, filename, force, may_overwrite)
-            replaced_sha256 = existing.sha256 if existing is not None else None
-            if existing is not None:
-                package_store.delete_file(session=session, row=existing)
-            revision = package_store.bump_revision(session=session, feed_id=feed.id, subdir=package_subdir)
-            session.add(
-                PackageFile(
-                    feed_id=feed.id,
-                    subdir=package_subdir,
-                    filename=filename,
-                    name=metadata.index["name"],
-                    version=metadata.index["version"],
-                    build=metadata.index["build"],
-                    sha256=sha256,
-                    md5=record["md5"],
-                    size=incoming.size,
-                    record=encode_record(record).decode(),
-                    about=json.dumps(about_summary(metadata), sort_keys=True),
-                    revision=revision,
-                    uploaded_at=datetime.now(UTC),
-                    uploaded_by=uploaded_by,
-                )
+            _refuse_existing(
+                package_store.find_file(session=session, feed_id=feed.id, subdir=package_subdir, filename=filename),
+                filename,
+                force,
+                may_overwrite,
             )
+        with held(services.locks_dir, blob_lock_name(sha256)):
+            blob_is_new = services.blobs.commit(incoming)
+            try:
+                with services.db.write() as session:
+                    existing = package_store.find_file(
+                        session=session, feed_id=feed.id, subdir=package_subdir, filename=filename
+                    )
+                    _refuse_existing(existing, filename, force, may_overwrite)
+                    replaced_sha256 = existing.sha256 if existing is not None else None
+                    if existing is not None:
+                        package_store.delete_file(session=session, row=existing)
+                    revision = package_store.bump_revision(session=session, feed_id=feed.id, subdir=package_subdir)
+                    session.add(
+                        PackageFile(
+                            feed_id=feed.id,
+                            subdir=package_subdir,
+                            filename=filename,
+                            name=metadata.index["name"],
+                            version=metadata.index["version"],
+                            build=metadata.index["build"],
+                            sha256=sha256,
+                            md5=record["md5"],
+                            size=incoming.size,
+                            record=encode_record(record).decode(),
+                            about=json.dumps(about_summary(metadata), sort_keys=True),
+                            revision=revision,
+                            uploaded_at=datetime.now(UTC),
+                            uploaded_by=uploaded_by,
+                        )
+                    )
+            except BaseException:
+                if blob_is_new:
+                    delete_unused_locked(services, sha256)
+                raise
     except BaseException:
         incoming.discard()
-        if blob_is_new:
-            _delete_if_unused(services, sha256)
         raise
     if replaced_sha256 is not None and replaced_sha256 != sha256:
-        _delete_if_unused(services, replaced_sha256)
+        delete_if_unused(services, replaced_sha256)
     log.info(
         "stored %s/%s/%s (%d bytes) in %.1f ms",
-        feed_name, package_subdir, filename, incoming.size, (time.perf_counter() - started) * 1000,
+        feed_name,
+        package_subdir,
+        filename,
+        incoming.size,
+        (time.perf_counter() - started) * 1000,
     )
     return UploadResult(
         feed=feed_name,
@@ -164,13 +180,8 @@ def _refuse_existing(existing: PackageFile | None, filename: str, force: bool, m
     if existing is None:
         return
     if not force:
-        raise PackageExists(f"{existing.subdir}/{filename} already exists in this feed; upload with force to replace it")
+        raise PackageExists(
+            f"{existing.subdir}/{filename} already exists in this feed; upload with force to replace it"
+        )
     if not may_overwrite:
         raise PermissionDenied(f"replacing {existing.subdir}/{filename} needs the 'delete' permission")
-
-
-def _delete_if_unused(services: Services, sha256: str) -> None:
-    with services.db.read() as session:
-        if package_store.sha256_in_use(session=session, sha256=sha256):
-            return
-    services.blobs.delete(sha256)

@@ -11,14 +11,14 @@ from sqlalchemy.orm import Session
 
 from condagate.store.models import DownloadCount
 
-CounterKey = tuple[int, str, str, date]
+CounterKey = tuple[int, str, str, str, date]  # feed id, subdir, file name, package name, day
 
 
 def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None:
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    for (feed_id, subdir, filename, day), count in sorted(counts.items()):
+    for (feed_id, subdir, filename, name, day), count in sorted(counts.items()):
         statement = insert(DownloadCount).values(
-            feed_id=feed_id, subdir=subdir, filename=filename, day=day, count=count
+            feed_id=feed_id, subdir=subdir, filename=filename, name=name, day=day, count=count
         )
         session.execute(
             statement.on_conflict_do_update(
@@ -37,6 +37,48 @@ def downloads_by_file(*, session: Session, feed_id: int, filenames: list[str]) -
         .group_by(DownloadCount.subdir, DownloadCount.filename)
     )
     return {(subdir, filename): int(total) for subdir, filename, total in rows}
+
+
+def downloads_by_name(*, session: Session, feed_id: int, names: list[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    rows = session.execute(
+        select(DownloadCount.name, func.sum(DownloadCount.count))
+        .where(DownloadCount.feed_id == feed_id, DownloadCount.name.in_(names))
+        .group_by(DownloadCount.name)
+    )
+    return {name: int(total) for name, total in rows}
+
+
+def top_packages(*, session: Session, feed_id: int, since: date, limit: int) -> list[tuple[str, int]]:
+    total = func.sum(DownloadCount.count)
+    rows = session.execute(
+        select(DownloadCount.name, total)
+        .where(DownloadCount.feed_id == feed_id, DownloadCount.day >= since)
+        .group_by(DownloadCount.name)
+        .order_by(total.desc(), DownloadCount.name)
+        .limit(limit)
+    )
+    return [(name, int(count)) for name, count in rows]
+
+
+def per_day(*, session: Session, feed_id: int, since: date, name: str | None = None) -> list[tuple[date, int]]:
+    query = select(DownloadCount.day, func.sum(DownloadCount.count)).where(
+        DownloadCount.feed_id == feed_id, DownloadCount.day >= since
+    )
+    if name is not None:
+        query = query.where(DownloadCount.name == name)
+    rows = session.execute(query.group_by(DownloadCount.day).order_by(DownloadCount.day))
+    return [(day, int(count)) for day, count in rows]
+
+
+def per_file(*, session: Session, feed_id: int, name: str) -> list[tuple[str, str, int]]:
+    rows = session.execute(
+        select(DownloadCount.subdir, DownloadCount.filename, func.sum(DownloadCount.count))
+        .where(DownloadCount.feed_id == feed_id, DownloadCount.name == name)
+        .group_by(DownloadCount.subdir, DownloadCount.filename)
+    )
+    return [(subdir, filename, int(count)) for subdir, filename, count in rows]
 
 
 def downloads_of_feed(*, session: Session, feed_id: int) -> int:

@@ -88,3 +88,60 @@ class DownloadCount(Base):
     filename: Mapped[str] = mapped_column(String(400), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+    name: Mapped[str] = mapped_column(String(200), default="", server_default="", index=True)
+
+
+class Connector(Base):
+    """An upstream conda channel that feeds proxy; credentials are sent upstream, never shown back."""
+
+    __tablename__ = "connectors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    subdirs: Mapped[str] = mapped_column(Text, default="")
+    include: Mapped[str] = mapped_column(Text, default="")
+    exclude: Mapped[str] = mapped_column(Text, default="")
+    cache_minutes: Mapped[int] = mapped_column(Integer, default=30)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, default=30)
+    username: Mapped[str] = mapped_column(Text, default="")
+    password: Mapped[str] = mapped_column(Text, default="")
+    token: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FeedConnector(Base):
+    __tablename__ = "feed_connectors"
+
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+    connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConnectorSubdirState(Base):
+    """The health of one connector's subdir: last refresh, last error, response time."""
+
+    __tablename__ = "connector_subdir_states"
+
+    connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id", ondelete="CASCADE"), primary_key=True)
+    subdir: Mapped[str] = mapped_column(String(32), primary_key=True)
+    etag: Mapped[str] = mapped_column(Text, default="")
+    records: Mapped[int] = mapped_column(Integer, default=0)
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    response_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CachedPackage(Base):
+    """An upstream package file fetched once and kept in the blob store."""
+
+    __tablename__ = "cached_packages"
+
+    connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id", ondelete="CASCADE"), primary_key=True)
+    subdir: Mapped[str] = mapped_column(String(32), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(400), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    cached_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from condagate.store.models import PackageFile, SubdirState
+from condagate.store.models import CachedPackage, PackageFile, SubdirState
 
 
 @dataclass(frozen=True)
@@ -85,30 +85,10 @@ def delete_file(*, session: Session, row: PackageFile) -> None:
 
 
 def sha256_in_use(*, session: Session, sha256: str) -> bool:
-    return session.scalar(select(PackageFile.id).where(PackageFile.sha256 == sha256).limit(1)) is not None
-
-
-@dataclass(frozen=True)
-class PackageSummary:
-    name: str
-    latest_version: str
-    files: int
-    subdirs: list[str]
-    summary: str
-
-
-def count_package_names(*, session: Session, feed_id: int, search: str = "") -> int:
-    query = select(func.count(func.distinct(PackageFile.name))).where(PackageFile.feed_id == feed_id)
-    if search:
-        query = query.where(PackageFile.name.contains(search.lower(), autoescape=True))
-    return int(session.scalar(query) or 0)
-
-
-def page_package_names(*, session: Session, feed_id: int, search: str, offset: int, limit: int) -> list[str]:
-    query = select(PackageFile.name).where(PackageFile.feed_id == feed_id).distinct().order_by(PackageFile.name)
-    if search:
-        query = query.where(PackageFile.name.contains(search.lower(), autoescape=True))
-    return list(session.scalars(query.offset(offset).limit(limit)))
+    """Whether a feed's package or a connector's cached file still needs the blob."""
+    if session.scalar(select(PackageFile.id).where(PackageFile.sha256 == sha256).limit(1)) is not None:
+        return True
+    return session.scalar(select(CachedPackage.size).where(CachedPackage.sha256 == sha256).limit(1)) is not None
 
 
 def files_of_names(*, session: Session, feed_id: int, names: list[str]) -> list[PackageFile]:

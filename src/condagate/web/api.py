@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from condagate.security.permissions import Permission
-from condagate.services import catalog, feeds
+from condagate.services import catalog, connectors, feeds
 from condagate.services.context import Services
 from condagate.web.auth import requires
 
@@ -20,6 +20,24 @@ router = APIRouter(prefix="/api", tags=["feeds"])
 class FeedCreate(BaseModel):
     name: str = Field(description="URL-safe feed name, e.g. private-conda")
     description: str = ""
+    connectors: list[str] = Field(default=[], description="Connectors to proxy, first one wins a file name")
+
+
+class ConnectorCreate(BaseModel):
+    name: str = Field(description="URL-safe connector name")
+    url: str = Field(description="Upstream channel URL, e.g. https://conda.anaconda.org/conda-forge")
+    include: list[str] = Field(default=[], description="Package-name globs to include (all when empty)")
+    exclude: list[str] = Field(default=[], description="Package-name globs to exclude")
+    subdirs: list[str] = Field(default=[], description="Subdirs to proxy (all when empty)")
+    cache_minutes: int = Field(default=30, description="How long fetched repodata counts as fresh")
+    timeout_seconds: int = Field(default=30, description="Timeout of each upstream request")
+    username: str = ""
+    password: str = ""
+    token: str = ""
+
+
+class RefreshRequest(BaseModel):
+    subdirs: list[str] = []
 
 
 def _services(request: Request) -> Services:
@@ -34,6 +52,8 @@ def feed_json(request: Request, info: feeds.FeedInfo) -> dict[str, Any]:
         "description": info.description,
         "created_at": info.created_at.isoformat(),
         "package_files": info.package_files,
+        "kind": info.kind,
+        "connectors": info.connectors,
         "channel_url": channel_url,
         "conda_config": f"conda config --add channels {channel_url}",
     }
@@ -47,7 +67,9 @@ async def list_feeds(request: Request) -> list[dict[str, Any]]:
 @router.post("/feeds", status_code=201, dependencies=[Depends(requires(Permission.ADMIN))], summary="Create a feed")
 async def create_feed(request: Request, body: FeedCreate) -> dict[str, Any]:
     info = await run_in_threadpool(
-        lambda: feeds.create_feed(_services(request), name=body.name, description=body.description)
+        lambda: feeds.create_feed(
+            _services(request), name=body.name, description=body.description, connectors=body.connectors
+        )
     )
     return feed_json(request, info)
 
@@ -58,15 +80,23 @@ async def show_feed(request: Request, feed: str) -> dict[str, Any]:
     return feed_json(request, info)
 
 
-@router.delete("/feeds/{feed}", status_code=204, dependencies=[Depends(requires(Permission.ADMIN))],
-               summary="Delete a feed and its packages")
+@router.delete(
+    "/feeds/{feed}",
+    status_code=204,
+    dependencies=[Depends(requires(Permission.ADMIN))],
+    summary="Delete a feed and its packages",
+)
 async def delete_feed(request: Request, feed: str) -> Response:
     await run_in_threadpool(lambda: feeds.delete_feed(_services(request), name=feed))
     return Response(status_code=204)
 
 
-@router.get("/feeds/{feed}/packages", dependencies=[Depends(requires(Permission.VIEW))], tags=["packages"],
-            summary="List a feed's packages, with search and paging")
+@router.get(
+    "/feeds/{feed}/packages",
+    dependencies=[Depends(requires(Permission.VIEW))],
+    tags=["packages"],
+    summary="List a feed's packages, with search and paging",
+)
 async def list_packages(
     request: Request,
     feed: str,
@@ -80,8 +110,90 @@ async def list_packages(
     return asdict(page)
 
 
-@router.get("/feeds/{feed}/packages/{name}", dependencies=[Depends(requires(Permission.VIEW))], tags=["packages"],
-            summary="Show a package: versions, files per subdir, dependencies, checksums, downloads")
+@router.get(
+    "/feeds/{feed}/packages/{name}",
+    dependencies=[Depends(requires(Permission.VIEW))],
+    tags=["packages"],
+    summary="Show a package: versions, files per subdir, dependencies, checksums, downloads",
+)
 async def show_package(request: Request, feed: str, name: str) -> dict[str, Any]:
     detail = await run_in_threadpool(lambda: catalog.package_detail(_services(request), feed=feed, name=name))
     return asdict(detail)
+
+
+@router.get(
+    "/feeds/{feed}/downloads",
+    dependencies=[Depends(requires(Permission.VIEW))],
+    tags=["packages"],
+    summary="Download statistics: total, most downloaded packages, downloads per day",
+)
+async def feed_downloads(
+    request: Request,
+    feed: str,
+    days: int = Query(default=30, ge=1, le=3660),
+    top: int = Query(default=20, ge=1, le=500),
+) -> dict[str, Any]:
+    stats = await run_in_threadpool(
+        lambda: catalog.download_statistics(_services(request), feed=feed, days=days, top=top)
+    )
+    return {
+        "days": stats.days,
+        "total": stats.total,
+        "top_packages": [{"name": name, "downloads": count} for name, count in stats.top_packages],
+        "per_day": [{"day": day, "downloads": count} for day, count in stats.per_day],
+    }
+
+
+@router.get(
+    "/connectors",
+    dependencies=[Depends(requires(Permission.VIEW))],
+    tags=["connectors"],
+    summary="List connectors to upstream channels",
+)
+async def list_connectors(request: Request) -> list[dict[str, Any]]:
+    return [asdict(info) for info in await run_in_threadpool(connectors.list_connectors, _services(request))]
+
+
+@router.post(
+    "/connectors",
+    status_code=201,
+    dependencies=[Depends(requires(Permission.ADMIN))],
+    tags=["connectors"],
+    summary="Create a connector to an upstream channel",
+)
+async def create_connector(request: Request, body: ConnectorCreate) -> dict[str, Any]:
+    spec = connectors.ConnectorSpec(**body.model_dump())
+    return asdict(await run_in_threadpool(connectors.create_connector, _services(request), spec))
+
+
+@router.get(
+    "/connectors/{connector}",
+    dependencies=[Depends(requires(Permission.VIEW))],
+    tags=["connectors"],
+    summary="Show a connector and its health",
+)
+async def show_connector(request: Request, connector: str) -> dict[str, Any]:
+    return asdict(await run_in_threadpool(connectors.get_connector, _services(request), connector))
+
+
+@router.delete(
+    "/connectors/{connector}",
+    status_code=204,
+    dependencies=[Depends(requires(Permission.ADMIN))],
+    tags=["connectors"],
+    summary="Delete a connector no feed uses",
+)
+async def delete_connector(request: Request, connector: str) -> Response:
+    await run_in_threadpool(connectors.delete_connector, _services(request), connector)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/connectors/{connector}/refresh",
+    dependencies=[Depends(requires(Permission.ADMIN))],
+    tags=["connectors"],
+    summary="Check the upstream now for the given subdirs",
+)
+async def refresh_connector(request: Request, connector: str, body: RefreshRequest) -> dict[str, Any]:
+    info = await run_in_threadpool(connectors.refresh_connector, _services(request), connector, body.subdirs)
+    return asdict(info)

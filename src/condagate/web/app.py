@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-import swagger_ui_bundle
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            await services.http_async.aclose()
             await run_in_threadpool(services.close)
 
     app = FastAPI(
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
             swagger_css_url="/api/docs-assets/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg",
         )
+
     app.add_middleware(AccessLogMiddleware)
     return app
 

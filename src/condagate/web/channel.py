@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from condagate.errors import NotFound
 from condagate.security.permissions import Permission
 from condagate.services import channel
 from condagate.services.context import Services
+from condagate.services.proxy_download import open_upstream
+from condagate.services.repodata_cache import Encoded
 from condagate.web.auth import requires
 from condagate.web.responses import (
     IMMUTABLE_CACHE_CONTROL,
@@ -21,6 +24,7 @@ from condagate.web.uploads import artifactory_upload
 router = APIRouter(tags=["channel"])
 VIEW = [Depends(requires(Permission.VIEW))]
 GET_HEAD = ["GET", "HEAD"]
+STALE_HEADER = "X-Condagate-Stale"
 
 _REPODATA_FILES = {
     "repodata.json": ("json", "application/json"),
@@ -38,15 +42,23 @@ def _services(request: Request) -> Services:
     return services
 
 
+def _with_stale_notice(response: Response, located: channel.FeedSubdir) -> Response:
+    notice = located.stale_notice
+    if notice:
+        # Served from the last good copy: say so, so that clients and operators can tell.
+        response.headers[STALE_HEADER] = notice.encode("ascii", "replace").decode()[:1000]
+    return response
+
+
 @router.api_route("/conda/{feed}/channeldata.json", methods=GET_HEAD, dependencies=VIEW)
 async def channeldata(request: Request, feed: str) -> Response:
     services = _services(request)
 
-    def build() -> object:
+    def build() -> Encoded:
         return services.repodata.channeldata(feed_id=channel.resolve_feed(services, feed).id)
 
     encoded = await run_in_threadpool(build)
-    return encoded_response(request, encoded, "application/json", REPODATA_CACHE_CONTROL)  # type: ignore[arg-type]
+    return encoded_response(request, encoded, "application/json", REPODATA_CACHE_CONTROL)
 
 
 @router.api_route("/conda/{feed}/notices.json", methods=GET_HEAD, dependencies=VIEW)
@@ -57,8 +69,9 @@ async def notices(request: Request, feed: str) -> Response:
 
 @router.api_route("/conda/{feed}/{subdir}/repodata_shards.msgpack.zst", methods=GET_HEAD, dependencies=VIEW)
 async def shard_index(request: Request, feed: str, subdir: str) -> Response:
-    snapshot = await run_in_threadpool(channel.subdir_snapshot, _services(request), feed, subdir)
-    return encoded_response(request, snapshot.shard_index, "application/zstd", REPODATA_CACHE_CONTROL)
+    located = await run_in_threadpool(channel.feed_subdir, _services(request), feed, subdir)
+    encoded = await run_in_threadpool(located.snapshot.shard_index)
+    return _with_stale_notice(encoded_response(request, encoded, "application/zstd", REPODATA_CACHE_CONTROL), located)
 
 
 @router.api_route("/conda/{feed}/{subdir}/shards/{shard_name}", methods=GET_HEAD, dependencies=VIEW)
@@ -67,9 +80,8 @@ async def shard(request: Request, feed: str, subdir: str, shard_name: str) -> Re
     digest_hex = shard_name.removesuffix(".msgpack.zst")
 
     def find() -> bytes | None:
-        feed_ref = channel.resolve_feed(services, feed)
-        channel.subdir_snapshot(services, feed, subdir)
-        return services.repodata.shard(feed_id=feed_ref.id, subdir=subdir, digest_hex=digest_hex)
+        snapshot = channel.subdir_snapshot(services, feed, subdir)
+        return services.repodata.shard(snapshot, digest_hex)
 
     body = await run_in_threadpool(find)
     if body is None or not shard_name.endswith(".msgpack.zst"):
@@ -89,17 +101,44 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
     services = _services(request)
     variant = _REPODATA_FILES.get(filename)
     if variant is not None:
-        snapshot = await run_in_threadpool(channel.subdir_snapshot, services, feed, subdir)
+        located = await run_in_threadpool(channel.feed_subdir, services, feed, subdir)
         kind, media_type = variant
+        snapshot = located.snapshot
         encoded = snapshot.json if kind == "json" else snapshot.zst if kind == "zst" else None
         if encoded is None:
             encoded = await run_in_threadpool(snapshot.bz2)
-        return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
-    blob = await run_in_threadpool(channel.package_blob, services, feed, subdir, filename)
-    response = blob_response(request, blob.path, blob.sha256)
-    if request.method == "GET" and response.status_code == 200 and _is_whole_download(request):
-        services.downloads.record(feed_id=blob.feed_id, subdir=subdir, filename=filename)
+        return _with_stale_notice(encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL), located)
+    found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
+    if isinstance(found, channel.UpstreamPackage):
+        if request.method == "HEAD":
+            return _upstream_head(found)
+        found_or_stream = await open_upstream(services, found)
+        if not isinstance(found_or_stream, channel.PackageBlob):
+            if not request.query_params.get("mirror"):
+                services.downloads.record(feed_id=found.feed_id, subdir=subdir, filename=filename)
+            headers = {"cache-control": IMMUTABLE_CACHE_CONTROL}
+            if found_or_stream.size is not None:
+                headers["content-length"] = str(found_or_stream.size)
+            return StreamingResponse(found_or_stream.body(), media_type="application/octet-stream", headers=headers)
+        found = found_or_stream
+    response = blob_response(request, found.path, found.sha256)
+    if (
+        request.method == "GET"
+        and response.status_code == 200
+        and _is_whole_download(request)
+        and not request.query_params.get("mirror")
+    ):
+        services.downloads.record(feed_id=found.feed_id, subdir=subdir, filename=filename)
     return response
+
+
+def _upstream_head(item: channel.UpstreamPackage) -> Response:
+    headers = {"cache-control": IMMUTABLE_CACHE_CONTROL}
+    if isinstance(item.record.get("size"), int):
+        headers["content-length"] = str(item.record["size"])
+    if isinstance(item.record.get("sha256"), str):
+        headers["etag"] = f'"{item.record["sha256"]}"'
+    return Response(b"", media_type="application/octet-stream", headers=headers)
 
 
 def _is_whole_download(request: Request) -> bool:

@@ -62,6 +62,7 @@ async def accept_upload(
     parse_package_filename(filename)
     if subdir is not None:
         require_known_subdir(subdir)
+    upload.validate_declared_sha256(sha256)
     await run_in_threadpool(channel.resolve_feed, services, feed)
     if chunks is None:
         # Only a raw body's Content-Length is the package's size; receive() checks the real bytes anyway.
@@ -83,8 +84,12 @@ async def accept_upload(
     return _result_json(result)
 
 
-@router.post("/api/feeds/{feed}/upload/{filename}", status_code=201, tags=["packages"],
-             summary="Upload a package file (raw body)")
+@router.post(
+    "/api/feeds/{feed}/upload/{filename}",
+    status_code=201,
+    tags=["packages"],
+    summary="Upload a package file (raw body)",
+)
 async def api_upload(
     request: Request,
     feed: str,
@@ -94,12 +99,16 @@ async def api_upload(
     subdir: str | None = None,
     principal: Principal = ADD,
 ) -> dict[str, Any]:
-    return await accept_upload(request, principal, feed=feed, filename=filename, sha256=sha256, force=force,
-                               subdir=subdir)
+    return await accept_upload(
+        request, principal, feed=feed, filename=filename, sha256=sha256, force=force, subdir=subdir
+    )
 
 
-@router.post("/api/channels/{feed}/upload/{filename}", status_code=201,
-             summary="quetz upload protocol (rattler-build upload quetz)")
+@router.post(
+    "/api/channels/{feed}/upload/{filename}",
+    status_code=201,
+    summary="quetz upload protocol (rattler-build upload quetz)",
+)
 async def quetz_upload(
     request: Request,
     feed: str,
@@ -111,8 +120,11 @@ async def quetz_upload(
     return await accept_upload(request, principal, feed=feed, filename=filename, sha256=sha256, force=force)
 
 
-@router.post("/api/v1/upload/{feed}", status_code=201,
-             summary="prefix.dev upload protocol (rattler-build upload prefix, pixi upload)")
+@router.post(
+    "/api/v1/upload/{feed}",
+    status_code=201,
+    summary="prefix.dev upload protocol (rattler-build upload prefix, pixi upload)",
+)
 async def prefix_upload(
     request: Request,
     feed: str,
@@ -124,8 +136,9 @@ async def prefix_upload(
         filename = request.headers.get("x-file-name")
         if not filename:
             raise BadRequest("send the package as multipart/form-data part 'file', or raw with an X-File-Name header")
-        return await accept_upload(request, principal, feed=feed, filename=filename,
-                                   sha256=request.headers.get("x-file-sha256"), force=force)
+        return await accept_upload(
+            request, principal, feed=feed, filename=filename, sha256=request.headers.get("x-file-sha256"), force=force
+        )
     await run_in_threadpool(channel.resolve_feed, _services(request), feed)
     limit = _services(request).settings.max_upload_bytes
     upload.check_declared_size(request.headers.get("content-length"), limit, framing=_MULTIPART_SLACK)
@@ -135,8 +148,15 @@ async def prefix_upload(
         if not isinstance(part, UploadFile) or not part.filename:
             raise BadRequest("the multipart upload has no complete 'file' part with a file name")
         declared = part.headers.get("x-file-sha256")
-        return await accept_upload(request, principal, feed=feed, filename=part.filename,
-                                   chunks=_read_parts(part), sha256=declared, force=force)
+        return await accept_upload(
+            request,
+            principal,
+            feed=feed,
+            filename=part.filename,
+            chunks=_read_parts(part),
+            sha256=declared,
+            force=force,
+        )
     finally:
         await form.close()
 
@@ -144,8 +164,13 @@ async def prefix_upload(
 async def _parse_multipart(request: Request, limit: int) -> FormData:
     """Parse the form while counting its bytes: without a Content-Length, ``request.form()`` would
     spool a body of any size to disk before the upload limit is ever checked."""
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit + _MULTIPART_SLACK, limit),
-                             max_files=8, max_fields=_FORM_FIELDS, max_part_size=_FORM_FIELD_BYTES)
+    parser = MultiPartParser(
+        request.headers,
+        _limited(request.stream(), limit + _MULTIPART_SLACK, limit),
+        max_files=8,
+        max_fields=_FORM_FIELDS,
+        max_part_size=_FORM_FIELD_BYTES,
+    )
     try:
         return await parser.parse()
     except MultiPartException as exc:
@@ -166,9 +191,17 @@ async def _read_parts(part: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def artifactory_upload(request: Request, feed: str, subdir: str, filename: str,
-                             principal: Principal = ADD) -> dict[str, Any]:
+async def artifactory_upload(
+    request: Request, feed: str, subdir: str, filename: str, principal: Principal = ADD
+) -> dict[str, Any]:
     """Artifactory upload protocol: ``PUT /conda/FEED/SUBDIR/FILENAME`` (rattler-build upload artifactory)."""
     force = request.query_params.get("force", "").lower() in ("1", "true", "yes")
-    return await accept_upload(request, principal, feed=feed, filename=filename, subdir=subdir, force=force,
-                               sha256=request.headers.get("x-checksum-sha256"))
+    return await accept_upload(
+        request,
+        principal,
+        feed=feed,
+        filename=filename,
+        subdir=subdir,
+        force=force,
+        sha256=request.headers.get("x-checksum-sha256"),
+    )

@@ -1,0 +1,171 @@
+"""Serving a package an upstream lists but condagate has not cached yet (the *streamed* policy).
+
+The first request streams the upstream's bytes to its client while writing them to a temp blob and
+hashing them; the size and sha256 (md5 where the upstream gives only that) are checked against the
+repodata record before the file enters the cache. The last chunk is held back until the check
+passes, so a client never receives a complete but wrong file: on a mismatch the connection is cut
+short of the promised Content-Length, and nothing is cached. Files up to
+``proxy_verify_before_send_bytes`` are fetched whole and checked before the first byte goes out, so
+that a mismatch there is a clean 502 with a message. Concurrent requests for the same file wait on a
+cross-process lock and are then served from the cache: one upstream download in all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.concurrency import run_in_threadpool
+
+from condagate.errors import UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
+from condagate.services.blob_cleanup import blob_lock_name
+from condagate.services.channel import PackageBlob, UpstreamPackage, cached_blob
+from condagate.services.context import Services
+from condagate.store import connectors as connector_store
+from condagate.store.blobs import IncomingBlob
+from condagate.store.locks import FileLock, held
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamStream:
+    """An open upstream response and the lock that makes it the only download of its file."""
+
+    def __init__(self, services: Services, item: UpstreamPackage, response: httpx.Response, lock: FileLock) -> None:
+        self.services = services
+        self.item = item
+        self.response = response
+        self.lock = lock
+        size = item.record.get("size")
+        self.size = int(size) if isinstance(size, int) else None
+
+    async def fetch_whole(self) -> PackageBlob:
+        """Download, verify and cache the whole file before answering (small files)."""
+        incoming = self.services.blobs.incoming()
+        committed = False
+        try:
+            async for chunk in self.response.aiter_raw():
+                incoming.write(chunk)
+                if self.size is not None and incoming.size > self.size:
+                    raise UpstreamMismatch(f"{self._what} is larger than its repodata record says")
+            incoming.finish()
+            self._verify(incoming)
+            sha256 = incoming.sha256.hexdigest()
+            await run_in_threadpool(self._commit, incoming)
+            committed = True
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"{self._what}: the upstream transfer broke off: {exc}") from exc
+        finally:
+            if not committed:
+                incoming.discard()
+            await self.response.aclose()
+            self.lock.release()
+        item = self.item
+        return PackageBlob(item.feed_id, item.subdir, item.filename, sha256, self.services.blobs.local_path(sha256))
+
+    async def body(self) -> AsyncIterator[bytes]:
+        incoming = self.services.blobs.incoming()
+        committed = False
+        try:
+            held: bytes | None = None
+            async for chunk in self.response.aiter_raw():
+                incoming.write(chunk)
+                if self.size is not None and incoming.size > self.size:
+                    raise UpstreamMismatch(f"{self._what} is larger than its repodata record says")
+                if held is not None:
+                    yield held
+                held = chunk
+            incoming.finish()
+            self._verify(incoming)
+            await run_in_threadpool(self._commit, incoming)
+            committed = True
+            if held is not None:
+                yield held
+        except httpx.HTTPError as exc:
+            log.warning("%s: the upstream transfer broke off: %s", self._what, exc)
+            raise
+        except UpstreamMismatch as exc:
+            log.error("%s", exc.message)
+            raise
+        finally:
+            if not committed:
+                incoming.discard()
+            await self.response.aclose()
+            self.lock.release()
+
+    @property
+    def _what(self) -> str:
+        return f"{self.item.connector.name}/{self.item.subdir}/{self.item.filename}"
+
+    def _verify(self, incoming: IncomingBlob) -> None:
+        record = self.item.record
+        if self.size is not None and incoming.size != self.size:
+            raise UpstreamMismatch(f"{self._what}: {incoming.size} bytes arrived, the record says {self.size}")
+        expected_sha256 = record.get("sha256")
+        if isinstance(expected_sha256, str) and expected_sha256:
+            if incoming.sha256.hexdigest() != expected_sha256.lower():
+                raise UpstreamMismatch(f"{self._what}: sha256 differs from the upstream's repodata record")
+        elif isinstance(record.get("md5"), str):
+            if incoming.md5.hexdigest() != str(record["md5"]).lower():
+                raise UpstreamMismatch(f"{self._what}: md5 differs from the upstream's repodata record")
+        else:
+            raise UpstreamMismatch(f"{self._what}: the upstream's record has no checksum to verify against")
+
+    def _commit(self, incoming: IncomingBlob) -> None:
+        sha256 = incoming.sha256.hexdigest()
+        with held(self.services.locks_dir, blob_lock_name(sha256)):
+            self.services.blobs.commit(incoming)
+            with self.services.db.write() as session:
+                connector_store.add_cached_package(
+                    session=session,
+                    connector_id=self.item.connector.id,
+                    subdir=self.item.subdir,
+                    filename=self.item.filename,
+                    sha256=sha256,
+                    size=incoming.size,
+                )
+        log.info("cached %s (%d bytes)", self._what, incoming.size)
+
+
+async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlob | UpstreamStream:
+    """Either the file is cached by now (another request fetched it), or an open upstream stream."""
+    connector = item.connector
+    lock = FileLock(services.settings.data_dir / "locks", f"{connector.id}/{item.subdir}/{item.filename}")
+    if not await lock.acquire(timeout=connector.timeout_seconds * 10):
+        raise UpstreamTimeout(f"another download of {item.filename} from {connector.name!r} is still running")
+    try:
+        cached = await run_in_threadpool(cached_blob, services, connector.id, item.feed_id, item.subdir, item.filename)
+        if cached is not None:
+            lock.release()
+            return cached
+        url = connector.file_url(item.subdir, item.filename)
+        request = services.http_async.build_request("GET", url, headers=connector.headers, timeout=connector.timeout)
+        try:
+            response = await services.http_async.send(request, stream=True, auth=connector.basic_auth)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"connector {connector.name!r}: {url} timed out: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"connector {connector.name!r} is unreachable and {item.filename} is not cached: {exc}"
+            ) from exc
+        if response.status_code != 200:
+            await response.aclose()
+            raise UpstreamUnavailable(
+                f"connector {connector.name!r}: {url} answered {response.status_code} {response.reason_phrase}"
+            )
+        declared = response.headers.get("content-length")
+        size = item.record.get("size")
+        if declared is not None and isinstance(size, int) and declared.isdigit() and int(declared) != size:
+            await response.aclose()
+            raise UpstreamMismatch(
+                f"connector {connector.name!r}: {item.filename} is {declared} bytes upstream, "
+                f"but its repodata record says {size}"
+            )
+        stream = UpstreamStream(services, item, response, lock)
+        if stream.size is not None and stream.size <= services.settings.proxy_verify_before_send_bytes:
+            return await stream.fetch_whole()
+        return stream
+    except BaseException:
+        lock.release()
+        raise

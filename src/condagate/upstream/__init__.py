@@ -1,0 +1,1 @@
+"""Connectors: fetching repodata and packages from upstream conda channels through an injected httpx client."""
