@@ -255,3 +255,42 @@ def download_statistics(services: Services, *, feed: str, days: int = 30, top: i
     return DownloadStatistics(
         days, sum(c for _, c in per_day), top_packages, [(day.isoformat(), count) for day, count in per_day]
     )
+
+
+@dataclass(frozen=True)
+class UpstreamState:
+    """How one of a feed's connectors stands for one subdir, as this process last saw it."""
+
+    connector: str
+    subdir: str
+    last_success_at: datetime | None
+    error: str = ""
+    error_at: datetime | None = None
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.error)
+
+
+def upstream_states(services: Services, *, feed: str, subdirs: list[str]) -> list[UpstreamState]:
+    """The state of each of the feed's connectors in the given subdirs, from memory: no upstream request.
+
+    A state with an ``error`` is what ``FeedSubdir.stale_notice`` reports: the last check failed and
+    the last good repodata is being served. Subdirs never fetched in this process are left out.
+    """
+    feed_ref = resolve_feed(services, feed)
+
+    def moment(seconds: float | None) -> datetime | None:
+        return datetime.fromtimestamp(seconds, UTC) if seconds else None
+
+    states = []
+    for subdir in subdirs:
+        for connector in feed_ref.connectors:
+            snapshot = services.upstream.peek(connector.id, subdir) if connector.serves_subdir(subdir) else None
+            if snapshot is not None:
+                states.append(
+                    UpstreamState(
+                        connector.name, subdir, moment(snapshot.checked_at), snapshot.error, moment(snapshot.error_at)
+                    )
+                )
+    return states

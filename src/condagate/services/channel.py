@@ -57,7 +57,9 @@ def feed_subdir(services: Services, feed_name: str, subdir: str) -> FeedSubdir:
         feed = _feed_ref(session, feed_name)
         version = package_store.subdir_version(session=session, feed_id=feed.id, subdir=subdir)
     snapshot = services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version)
-    return FeedSubdir(feed, snapshot)
+    located = FeedSubdir(feed, snapshot)
+    services.lookups.remember_subdir(feed_name, subdir, located)
+    return located
 
 
 def subdir_snapshot(services: Services, feed_name: str, subdir: str) -> SubdirSnapshot:
@@ -87,7 +89,18 @@ class UpstreamPackage:
 
 
 def locate_package(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob | UpstreamPackage:
-    located = feed_subdir(services, feed_name, subdir)
+    recent: FeedSubdir | None = services.lookups.recent_subdir(feed_name, subdir)
+    if recent is not None and recent.snapshot.record(filename) is not None:
+        try:
+            return _locate(services, recent, feed_name, subdir, filename)
+        except PackageNotFound:
+            pass  # gone since: ask the database
+    return _locate(services, feed_subdir(services, feed_name, subdir), feed_name, subdir, filename)
+
+
+def _locate(
+    services: Services, located: FeedSubdir, feed_name: str, subdir: str, filename: str
+) -> PackageBlob | UpstreamPackage:
     feed, snapshot = located.feed, located.snapshot
     record = snapshot.record(filename)
     if record is None:
@@ -95,20 +108,31 @@ def locate_package(services: Services, feed_name: str, subdir: str, filename: st
     if snapshot.is_local(filename):
         return _blob(services, feed.id, subdir, filename, str(record["sha256"]), feed_name)
     connector = _connector_listing(services, feed, subdir, filename)
-    cached = cached_blob(services, connector.id, feed.id, subdir, filename)
+    cached = cached_blob(services, connector.id, feed.id, subdir, filename, record.get("sha256"))
     if cached is not None:
         return cached
     return UpstreamPackage(feed.id, connector, subdir, filename, record)
 
 
-def cached_blob(services: Services, connector_id: int, feed_id: int, subdir: str, filename: str) -> PackageBlob | None:
-    with services.db.read() as session:
-        row = connector_store.cached_package(
-            session=session, connector_id=connector_id, subdir=subdir, filename=filename
-        )
-    if row is None or not services.blobs.exists(row.sha256):
+def cached_blob(
+    services: Services, connector_id: int, feed_id: int, subdir: str, filename: str, expected_sha256: object = None
+) -> PackageBlob | None:
+    """The cached copy of an upstream file, unless the upstream's record now names other bytes."""
+    sha256 = services.lookups.cached_file(connector_id, subdir, filename)
+    if sha256 is None:
+        with services.db.read() as session:
+            row = connector_store.cached_package(
+                session=session, connector_id=connector_id, subdir=subdir, filename=filename
+            )
+        if row is None:
+            return None
+        sha256 = row.sha256
+    if isinstance(expected_sha256, str) and expected_sha256 and expected_sha256.lower() != sha256:
         return None
-    return PackageBlob(feed_id, subdir, filename, row.sha256, services.blobs.local_path(row.sha256))
+    if not services.blobs.exists(sha256):
+        return None
+    services.lookups.remember_cached_file(connector_id, subdir, filename, sha256)
+    return PackageBlob(feed_id, subdir, filename, sha256, services.blobs.local_path(sha256))
 
 
 def _connector_listing(services: Services, feed: FeedRef, subdir: str, filename: str) -> ConnectorConfig:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from condagate.services.downloads import DownloadCounter
+from condagate.services.lookups import RecentLookups
 from condagate.services.repodata_cache import RepodataCache
 from condagate.settings import Settings
 from condagate.store import connectors as connector_store
@@ -27,6 +28,7 @@ class Services:
     downloads: DownloadCounter
     http: httpx.Client
     http_async: httpx.AsyncClient
+    lookups: RecentLookups
 
     @classmethod
     def open(cls, settings: Settings, transport: Any = None, async_transport: Any = None) -> Services:
@@ -54,6 +56,7 @@ class Services:
             downloads=DownloadCounter(db),
             http=http,
             http_async=http_async,
+            lookups=RecentLookups(),
         )
 
     @property

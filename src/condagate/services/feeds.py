@@ -84,5 +84,6 @@ def delete_feed(services: Services, *, name: str) -> None:
         feed_id = feed_store.get_feed(session=session, name=name).id
         digests = feed_store.delete_feed(session=session, name=name)
     services.repodata.forget_feed(feed_id)
+    services.lookups.forget_feed(name)
     for digest in set(digests):
         delete_if_unused(services, digest)

@@ -125,6 +125,7 @@ class UpstreamStream:
                     sha256=sha256,
                     size=incoming.size,
                 )
+        self.services.lookups.remember_cached_file(self.item.connector.id, self.item.subdir, self.item.filename, sha256)
         log.info("cached %s (%d bytes)", self._what, incoming.size)
 
 
@@ -135,7 +136,9 @@ async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlo
     if not await lock.acquire(timeout=connector.timeout_seconds * 10):
         raise UpstreamTimeout(f"another download of {item.filename} from {connector.name!r} is still running")
     try:
-        cached = await run_in_threadpool(cached_blob, services, connector.id, item.feed_id, item.subdir, item.filename)
+        cached = await run_in_threadpool(
+            cached_blob, services, connector.id, item.feed_id, item.subdir, item.filename, item.record.get("sha256")
+        )
         if cached is not None:
             lock.release()
             return cached

@@ -154,6 +154,7 @@ def store_upload(
     except BaseException:
         incoming.discard()
         raise
+    services.lookups.forget_feed(feed_name)
     if replaced_sha256 is not None and replaced_sha256 != sha256:
         delete_if_unused(services, replaced_sha256)
     log.info(
