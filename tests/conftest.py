@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from package_factory import PackageSpec, write_package  # noqa: E402
 from servers import Server, postgres_database, start_server  # noqa: E402
+from upstream_channel import UpstreamChannel  # noqa: E402
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -58,3 +59,28 @@ def make_package(tmp_path: Path):  # type: ignore[no-untyped-def]
 def upload(server: Server, feed: str, path: Path, **params: object):  # type: ignore[no-untyped-def]
     with server.admin() as client:
         return client.post(f"/api/feeds/{feed}/upload/{path.name}", content=path.read_bytes(), params=params)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[UpstreamChannel]:
+    """A local upstream conda channel (real packages, repodata by py-rattler's indexer) on 127.0.0.1."""
+    channel = UpstreamChannel(tmp_path / "upstream")
+    channel.add(PackageSpec("python", "3.11.9", "h0_0", subdir="linux-64"), ".tar.bz2")
+    channel.add(
+        PackageSpec(
+            "numpy",
+            "1.26.4",
+            "py311h0_0",
+            subdir="linux-64",
+            depends=["python >=3.11"],
+            files={"lib/numpy.so": b"\x7fELF" + bytes(4000)},
+        )
+    )
+    channel.add(PackageSpec("numpy", "2.0.0", "py311h0_0", subdir="linux-64", depends=["python >=3.11"]))
+    channel.add(PackageSpec("numpy-dbg", "2.0.0", "0", subdir="linux-64"))
+    channel.add(PackageSpec("requests", "2.32.3", "pyhd_0", depends=["python"]))
+    channel.add(PackageSpec("pure", "1.0", "0"), ".tar.bz2")
+    channel.index()
+    channel.start()
+    yield channel
+    channel.stop()

@@ -4,6 +4,7 @@ indexer, served over real HTTP on 127.0.0.1 with switches for the faults upstrea
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import http.server
@@ -60,7 +61,9 @@ class UpstreamChannel:
     def index(self, base_url: str | None = None) -> None:
         """(Re)write repodata with rattler's indexer; optionally as CEP-15 v2 with an absolute base_url."""
         (self.root / "noarch").mkdir(parents=True, exist_ok=True)
-        asyncio.run(index_fs(self.root, write_zst=True, write_shards=False, force=True))
+        # In a thread of its own: callers may have an event loop running (Playwright's sync API does).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, index_fs(self.root, write_zst=True, write_shards=False, force=True)).result()
         if base_url is None:
             return
         for repodata_path in self.root.glob("*/repodata.json"):

@@ -9,7 +9,6 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,30 +19,6 @@ from package_factory import PackageSpec
 from rattler_client import query, solve_and_install
 from servers import Server, condagate_command, start_server
 from upstream_channel import UpstreamChannel
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[UpstreamChannel]:
-    channel = UpstreamChannel(tmp_path / "upstream")
-    channel.add(PackageSpec("python", "3.11.9", "h0_0", subdir="linux-64"), ".tar.bz2")
-    channel.add(
-        PackageSpec(
-            "numpy",
-            "1.26.4",
-            "py311h0_0",
-            subdir="linux-64",
-            depends=["python >=3.11"],
-            files={"lib/numpy.so": b"\x7fELF" + bytes(4000)},
-        )
-    )
-    channel.add(PackageSpec("numpy", "2.0.0", "py311h0_0", subdir="linux-64", depends=["python >=3.11"]))
-    channel.add(PackageSpec("numpy-dbg", "2.0.0", "0", subdir="linux-64"))
-    channel.add(PackageSpec("requests", "2.32.3", "pyhd_0", depends=["python"]))
-    channel.add(PackageSpec("pure", "1.0", "0"), ".tar.bz2")
-    channel.index()
-    channel.start()
-    yield channel
-    channel.stop()
 
 
 def _name(prefix: str) -> str:

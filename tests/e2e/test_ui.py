@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Response, expect, sync_playwright
 
 from conftest import upload
 from servers import Server
@@ -43,9 +43,14 @@ class Visit:
         self.requests: list[str] = []
         self.failures: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.on("requestfailed", lambda request: self.failures.append(f"{request.url}: {request.failure}"))
+        self.page.on("requestfailed", self._check_failure)
         self.page.on("pageerror", lambda error: self.failures.append(f"script error: {error}"))
         self.page.on("response", self._check_asset)
+
+    def _check_failure(self, request: Request) -> None:
+        # A request the browser itself abandons (the next navigation started first) is not a failure.
+        if request.failure != "net::ERR_ABORTED":
+            self.failures.append(f"{request.url}: {request.failure}")
 
     def _check_asset(self, response: Response) -> None:
         if response.request.resource_type != "document" and response.status >= 400:

@@ -177,7 +177,7 @@ def package_detail(services: Services, *, feed: str, name: str) -> PackageDetail
             connector_ids=[c.id for c in browse.feed.connectors],
             filenames=[filename for _, filename, _ in records],
         )
-        since = _days_ago(30)
+        since = _first_day_of_last(30)
         per_day = download_store.per_day(session=session, feed_id=browse.feed.id, since=since, name=name)
     ordered = sort_versions_descending(record["version"] for _, _, record in records)
     versions = {version: VersionDetail(version) for version in ordered}
@@ -226,8 +226,9 @@ def _origin(services: Services, feed: FeedRef, subdir: str, filename: str) -> st
     return "upstream"
 
 
-def _days_ago(days: int) -> date:
-    return (datetime.now(UTC) - timedelta(days=days)).date()
+def _first_day_of_last(days: int) -> date:
+    """The first day of the last ``days`` days, today included."""
+    return (datetime.now(UTC) - timedelta(days=days - 1)).date()
 
 
 def downloads_of_packages(services: Services, *, feed: str, names: list[str]) -> dict[str, int]:
@@ -248,7 +249,7 @@ class DownloadStatistics:
 
 def download_statistics(services: Services, *, feed: str, days: int = 30, top: int = 20) -> DownloadStatistics:
     feed_ref = resolve_feed(services, feed)
-    since = _days_ago(days)
+    since = _first_day_of_last(days)
     with services.db.read() as session:
         top_packages = download_store.top_packages(session=session, feed_id=feed_ref.id, since=since, limit=top)
         per_day = download_store.per_day(session=session, feed_id=feed_ref.id, since=since)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
 from condagate.conda.subdirs import require_known_subdir
-from condagate.errors import BadRequest
+from condagate.errors import BadRequest, CondagateError
 from condagate.services.context import Services
 from condagate.services.feeds import validate_feed_name
 from condagate.store import connectors as connector_store
@@ -171,8 +172,14 @@ def delete_connector(services: Services, name: str) -> None:
 
 
 def refresh_connector(services: Services, name: str, subdirs: list[str]) -> ConnectorInfo:
+    """Check the upstream now: the given subdirs, else those fetched before, else the configured ones,
+    else noarch and linux-64. A failing subdir does not stop the others; its error shows in the health."""
     with services.db.read() as session:
         config = config_of(connector_store.get_connector(session=session, name=name))
-    for subdir in subdirs or list(config.subdirs) or ["noarch"]:
-        services.upstream.refresh(config, require_known_subdir(subdir))
+    chosen = subdirs or services.upstream.cached_subdirs(config.id) or list(config.subdirs) or ["noarch", "linux-64"]
+    for subdir in chosen:
+        require_known_subdir(subdir)
+    for subdir in chosen:
+        with contextlib.suppress(CondagateError):  # recorded in the connector's health
+            services.upstream.refresh(config, subdir)
     return get_connector(services, name)

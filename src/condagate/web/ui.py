@@ -1,4 +1,7 @@
-"""Server-rendered web UI: feeds, a feed's packages, a package's versions and files."""
+"""Server-rendered web UI: feeds, the "Create new feed" wizard, a feed's packages, a package's files.
+
+Connector pages live in ``ui_connectors``; their routes are part of this router.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,17 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from condagate.errors import CondagateError
-from condagate.security.permissions import Permission, Principal
-from condagate.services import catalog, feeds
+from condagate.errors import BadRequest, CondagateError
+from condagate.security.permissions import Permission
+from condagate.services import catalog, connectors, feeds
 from condagate.services.authentication import principal_for_key
-from condagate.services.context import Services
+from condagate.web import ui_connectors
 from condagate.web.auth import UI_COOKIE, current_principal, requires
+from condagate.web.ui_common import daily_chart, render, services_of
 
 PAGE_SIZE = 25
+STATISTICS_DAYS = 30  # the feed's "Most downloaded" and the package's chart
+TOP_PACKAGES = 10
 
 
 router = APIRouter(include_in_schema=False)
@@ -28,62 +34,88 @@ def _local_path(target: str) -> str:
     return "/"
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-def _render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
-    principal: Principal = getattr(request.state, "principal", None) or context.get("principal")  # type: ignore[assignment]
-    context = {"principal": principal, "base_url": str(request.base_url).rstrip("/"), **context}
-    response: Response = request.app.state.templates.TemplateResponse(request, template, context,
-                                                                      status_code=status_code)
-    return response
-
-
 @router.get("/", dependencies=[Depends(requires(Permission.VIEW))])
 async def feeds_page(request: Request) -> Response:
-    items = await run_in_threadpool(feeds.list_feeds, _services(request))
-    return _render(request, "feeds.html", {"feeds": items})
+    items = await run_in_threadpool(feeds.list_feeds, services_of(request))
+    return render(request, "feeds.html", {"feeds": items})
+
+
+def _wizard(request: Request, values: dict[str, str], *, error: str | None = None, status_code: int = 200) -> Response:
+    """The "Create new feed" wizard: hosted, or connected to one of the connectors (by name)."""
+    listed = connectors.list_connectors(services_of(request))
+    form = {"name": "", "description": "", "kind": "hosted", "connector": "", **values}
+    return render(request, "feed_new.html", {"error": error, "connectors": listed, **form}, status_code=status_code)
 
 
 @router.get("/feeds/new", dependencies=[Depends(requires(Permission.ADMIN))])
-async def new_feed_page(request: Request) -> Response:
-    return _render(request, "feed_new.html", {"error": None, "name": "", "description": ""})
+async def new_feed_page(request: Request, connector: str = "") -> Response:
+    values = {"kind": "proxy", "connector": connector} if connector else {}
+    return await run_in_threadpool(lambda: _wizard(request, values))
 
 
 @router.post("/feeds/new", dependencies=[Depends(requires(Permission.ADMIN))])
-async def create_feed(request: Request, name: str = Form(""), description: str = Form("")) -> Response:
-    try:
-        await run_in_threadpool(lambda: feeds.create_feed(_services(request), name=name.strip(),
-                                                          description=description))
-    except CondagateError as exc:
-        return _render(request, "feed_new.html", {"error": exc.message, "name": name, "description": description},
-                       status_code=exc.status_code)
-    return RedirectResponse(f"/feeds/{name.strip()}", status_code=303)
+async def create_feed(
+    request: Request,
+    name: str = Form(""),
+    description: str = Form(""),
+    kind: str = Form("hosted"),
+    connector: str = Form(""),
+) -> Response:
+    values = {"name": name, "description": description, "kind": kind, "connector": connector}
+
+    def create() -> Response:
+        try:
+            if kind not in ("hosted", "proxy"):
+                raise BadRequest(f"unknown feed kind {kind!r}: choose Hosted or Connect to an upstream")
+            if kind == "proxy" and not connector:
+                raise BadRequest("choose the upstream connector the feed proxies")
+            feeds.create_feed(
+                services_of(request),
+                name=name.strip(),
+                description=description.strip(),
+                connectors=[connector] if kind == "proxy" else None,
+            )
+        except CondagateError as exc:
+            return _wizard(request, values, error=exc.message, status_code=exc.status_code)
+        return RedirectResponse(f"/feeds/{name.strip()}", status_code=303)
+
+    return await run_in_threadpool(create)
 
 
 @router.get("/feeds/{feed}", dependencies=[Depends(requires(Permission.VIEW))])
 async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> Response:
-    services = _services(request)
+    services = services_of(request)
     page = max(page, 1)
-    info = await run_in_threadpool(lambda: feeds.get_feed(services, name=feed))
-    listing = await run_in_threadpool(
-        lambda: catalog.list_packages(services, feed=feed, search=q.strip(), offset=(page - 1) * PAGE_SIZE,
-                                      limit=PAGE_SIZE)
-    )
-    downloads = await run_in_threadpool(
-        lambda: catalog.downloads_of_packages(services, feed=feed, names=[item.name for item in listing.items])
-    )
+
+    def gather() -> dict[str, Any]:
+        info = feeds.get_feed(services, name=feed)
+        listing = catalog.list_packages(
+            services, feed=feed, search=q.strip(), offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE
+        )
+        downloads = catalog.downloads_of_packages(services, feed=feed, names=[item.name for item in listing.items])
+        context: dict[str, Any] = {"feed": info, "listing": listing, "downloads": downloads, "stale": [], "top": None}
+        if info.kind == "proxy":
+            by_name = {c.name: c for c in connectors.list_connectors(services)}
+            context["upstreams"] = [by_name[name] for name in info.connectors if name in by_name]
+            states = catalog.upstream_states(services, feed=feed, subdirs=listing.subdirs)
+            context["stale"] = [state for state in states if state.stale]
+            statistics = catalog.download_statistics(services, feed=feed, days=STATISTICS_DAYS, top=TOP_PACKAGES)
+            context["top"] = statistics
+            context["chart"] = daily_chart(statistics.per_day, days=STATISTICS_DAYS, width=440, height=110)
+        return context
+
+    context = await run_in_threadpool(gather)
+    listing = context["listing"]
     pages = max(1, -(-listing.total // PAGE_SIZE))
-    return _render(request, "feed.html", {"feed": info, "listing": listing, "downloads": downloads, "q": q,
-                                          "page": page, "pages": pages})
+    with_summary = any(item.summary for item in listing.items)
+    return render(request, "feed.html", {**context, "q": q, "page": page, "pages": pages, "with_summary": with_summary})
 
 
 @router.get("/feeds/{feed}/packages/{name}", dependencies=[Depends(requires(Permission.VIEW))])
 async def package_page(request: Request, feed: str, name: str) -> Response:
-    detail = await run_in_threadpool(lambda: catalog.package_detail(_services(request), feed=feed, name=name))
-    return _render(request, "package.html", {"detail": detail})
+    detail = await run_in_threadpool(lambda: catalog.package_detail(services_of(request), feed=feed, name=name))
+    chart = daily_chart(detail.downloads_per_day, days=STATISTICS_DAYS, width=440, height=150)
+    return render(request, "package.html", {"detail": detail, "chart": chart})
 
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
@@ -92,23 +124,24 @@ async def login_page(request: Request, then: str = Query("/", alias="next")) -> 
         principal = await current_principal(request)
     except CondagateError:  # a stale cookie: the form is how to replace it
         principal = None
-    return _render(request, "login.html", {"error": None, "principal": principal, "next": _local_path(then)})
+    return render(request, "login.html", {"error": None, "principal": principal, "next": _local_path(then)})
 
 
 @router.post("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
 async def login(request: Request, api_key: str = Form(""), then: str = Form("/", alias="next")) -> Response:
     target = _local_path(then)
     try:
-        principal = await run_in_threadpool(principal_for_key, _services(request), api_key.strip())
+        principal = await run_in_threadpool(principal_for_key, services_of(request), api_key.strip())
     except CondagateError as exc:
-        return _render(request, "login.html", {"error": exc.message, "principal": None, "next": target},
-                       status_code=401)
+        return render(request, "login.html", {"error": exc.message, "principal": None, "next": target}, status_code=401)
     if not principal.authenticated:
-        return _render(request, "login.html", {"error": "enter an API key", "principal": None, "next": target},
-                       status_code=400)
+        return render(
+            request, "login.html", {"error": "enter an API key", "principal": None, "next": target}, status_code=400
+        )
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(UI_COOKIE, api_key.strip(), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(
+        UI_COOKIE, api_key.strip(), httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
     return response
 
 
@@ -117,3 +150,6 @@ async def logout(request: Request) -> Response:
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(UI_COOKIE)
     return response
+
+
+router.include_router(ui_connectors.router)

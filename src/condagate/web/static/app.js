@@ -24,3 +24,15 @@ document.addEventListener("click", (event) => {
     () => { button.textContent = "Select and copy"; },
   ).finally(() => setTimeout(() => { button.textContent = "Copy"; }, 1500));
 });
+
+// The "Create new feed" wizard: picking a connector means a proxy feed; picking "Hosted" drops the connector.
+document.addEventListener("change", (event) => {
+  const input = event.target;
+  const form = input.closest && input.closest("form.wizard");
+  if (!form || input.type !== "radio") return;
+  if (input.name === "connector") {
+    form.querySelector('input[name="kind"][value="proxy"]').checked = true;
+  } else if (input.name === "kind" && input.value === "hosted") {
+    form.querySelectorAll('input[name="connector"]').forEach((radio) => { radio.checked = false; });
+  }
+});
