@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import common
+import proxy
 import serve_http
 import upload_index
 
@@ -59,12 +60,19 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packages", type=int, default=2000)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--proxy-records", type=int, default=500_000, help="records in the proxy upstream's subdir")
+    parser.add_argument("--proxy-repeats", type=int, default=3, help="wrk rounds in the proxy download benchmark")
+    parser.add_argument("--no-proxy", action="store_true", help="skip the proxy benchmark (about 5 minutes)")
+    parser.add_argument("--no-quetz", action="store_true", help="skip quetz in the proxy benchmark")
     args = parser.parse_args()
     started, clock = datetime.now(UTC), time.perf_counter()
     upload = upload_index.markdown(upload_index.run(args.packages))
     serve = serve_http.markdown(serve_http.run(args.packages, args.duration))
+    proxied = "" if args.no_proxy else proxy.markdown(
+        proxy.run(records=args.proxy_records, duration=args.duration, repeats=args.proxy_repeats,
+                  with_quetz=not args.no_quetz))
     footer = f"Whole suite: {time.perf_counter() - clock:.0f} s. Reproduce: `bench/run_all.sh`.\n"
-    report = "\n".join([header(started), upload, serve, footer])
+    report = "\n".join([header(started), upload, serve, proxied, footer])
     common.RESULTS.mkdir(exist_ok=True)
     (common.RESULTS / "latest.md").write_text(report)
     print(report)

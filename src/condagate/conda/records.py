@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from condagate.conda.package import PackageMetadata
 
 # index.json keys that describe the build machine, not the package; conda-index drops them too.
@@ -36,9 +38,12 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+
+
 def decode_record(raw: bytes) -> dict[str, Any]:
-    value: dict[str, Any] = json.loads(raw)
-    return value
+    """A record's bytes as a dict; msgspec, because shards decode every record of a subdir."""
+    return _decode_object(raw)
 
 
 ABOUT_KEYS = ("summary", "description", "home", "dev_url", "doc_url", "license", "license_family")

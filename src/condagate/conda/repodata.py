@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bz2
 import json
+import re
+import threading
 from collections.abc import Mapping
 
 import zstandard
@@ -11,17 +13,33 @@ import zstandard
 ZSTD_LEVEL = 3
 
 
-def _packages_object(records: Mapping[str, bytes], extension: str) -> bytes:
-    parts = [
-        json.dumps(filename).encode() + b":" + records[filename]
-        for filename in sorted(records)
-        if filename.endswith(extension)
-    ]
-    return b"{" + b",".join(parts) + b"}"
+# File names made only of these need no JSON escaping (all conda file names in practice).
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.+!=-]*$")
+
+
+def _quoted(filename: str) -> bytes:
+    if _PLAIN_NAME.match(filename):
+        return b'"' + filename.encode() + b'":'
+    return json.dumps(filename).encode() + b":"
+
+
+def _packages_object(records: Mapping[str, bytes], filenames: list[str]) -> bytes:
+    """``{"NAME": RECORD, ...}`` in one join: at conda-forge scale (500,000 records) every
+    per-record allocation counts."""
+    parts: list[bytes] = []
+    for filename in filenames:
+        parts.append(_quoted(filename))
+        parts.append(records[filename])
+        parts.append(b",")
+    if parts:
+        parts[-1] = b"}"
+        return b"{" + b"".join(parts)
+    return b"{}"
 
 
 def encode_repodata(subdir: str, records: Mapping[str, bytes], *, base_url: str | None = None) -> bytes:
     """repodata.json bytes; ``records`` maps file names to canonical record JSON bytes."""
+    ordered = sorted(records)
     info: dict[str, str] = {"subdir": subdir}
     version = 1
     if base_url is not None:
@@ -32,9 +50,9 @@ def encode_repodata(subdir: str, records: Mapping[str, bytes], *, base_url: str 
             b'{"info":',
             json.dumps(info, sort_keys=True, separators=(",", ":")).encode(),
             b',"packages":',
-            _packages_object(records, ".tar.bz2"),
+            _packages_object(records, [name for name in ordered if name.endswith(".tar.bz2")]),
             b',"packages.conda":',
-            _packages_object(records, ".conda"),
+            _packages_object(records, [name for name in ordered if name.endswith(".conda")]),
             b',"removed":[],"repodata_version":',
             str(version).encode(),
             b"}",
@@ -42,8 +60,16 @@ def encode_repodata(subdir: str, records: Mapping[str, bytes], *, base_url: str 
     )
 
 
+_compressors = threading.local()
+
+
 def compress_zstd(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+    """zstd with a compressor reused per thread (creating one costs more than a small shard)."""
+    cache: dict[int, zstandard.ZstdCompressor] = _compressors.__dict__.setdefault("by_level", {})
+    compressor = cache.get(level)
+    if compressor is None:
+        compressor = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return compressor.compress(data)
 
 
 def compress_bz2(data: bytes) -> bytes:

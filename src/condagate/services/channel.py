@@ -51,12 +51,14 @@ class FeedSubdir:
         return "; ".join(f"{self.feed.connector_name(cid)}: {error}" for cid, error in self.snapshot.stale)
 
 
-def feed_subdir(services: Services, feed_name: str, subdir: str) -> FeedSubdir:
+def feed_subdir(services: Services, feed_name: str, subdir: str, wait: bool = True) -> FeedSubdir:
     require_known_subdir(subdir)
     with services.db.read() as session:  # one session for the feed and the subdir's revision
         feed = _feed_ref(session, feed_name)
         version = package_store.subdir_version(session=session, feed_id=feed.id, subdir=subdir)
-    snapshot = services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version)
+    snapshot = services.repodata.snapshot(
+        feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version, wait=wait
+    )
     located = FeedSubdir(feed, snapshot)
     services.lookups.remember_subdir(feed_name, subdir, located)
     return located
@@ -95,7 +97,11 @@ def locate_package(services: Services, feed_name: str, subdir: str, filename: st
             return _locate(services, recent, feed_name, subdir, filename)
         except PackageNotFound:
             pass  # gone since: ask the database
-    return _locate(services, feed_subdir(services, feed_name, subdir), feed_name, subdir, filename)
+    # A download need not wait for a rebuild of its subdir unless the file is new to it.
+    located = feed_subdir(services, feed_name, subdir, wait=False)
+    if located.snapshot.record(filename) is None:
+        located = feed_subdir(services, feed_name, subdir)
+    return _locate(services, located, feed_name, subdir, filename)
 
 
 def _locate(

@@ -14,8 +14,22 @@ from condagate.store import feeds as feed_store
 
 # Feed names are URL path segments next to the server's own routes: these would shadow them.
 RESERVED_NAMES = frozenset(
-    {"api", "t", "conda", "health", "static", "ui", "login", "logout", "feeds", "admin", "docs", "openapi.json",
-     "new", "connectors"}
+    {
+        "api",
+        "t",
+        "conda",
+        "health",
+        "static",
+        "ui",
+        "login",
+        "logout",
+        "feeds",
+        "admin",
+        "docs",
+        "openapi.json",
+        "new",
+        "connectors",
+    }
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

@@ -160,9 +160,11 @@ class RepodataCache:
         subdir: str,
         connectors: list[ConnectorConfig] | None = None,
         version: SubdirVersion | None = None,
+        wait: bool = True,
     ) -> SubdirSnapshot:
         """The subdir's current snapshot, brought up to date with the database and the upstreams first.
-        ``version`` is the subdir's local revision when the caller has just read it."""
+        ``version`` is the subdir's local revision when the caller has just read it. With ``wait=False``
+        the previous snapshot is returned while another thread rebuilds it (package downloads)."""
         key = (feed_id, subdir)
         if version is None:
             with self._db.read() as session:
@@ -175,9 +177,11 @@ class RepodataCache:
             current.stale = stale
             return current
         lock = self._lock(key)
-        if current is not None and current.version == version and not lock.acquire(blocking=False):
-            return current  # an upstream merge is being built: the previous one is still correct to serve
-        if current is None or current.version != version:
+        may_serve_previous = current is not None and (current.version == version or not wait)
+        if may_serve_previous and not lock.acquire(blocking=False):
+            assert current is not None
+            return current  # a rebuild is running: the previous snapshot is still consistent to serve
+        elif not may_serve_previous:
             lock.acquire()
         try:
             current = self._snapshots.get(key)
@@ -207,9 +211,16 @@ class RepodataCache:
             local_records[filename] = record.encode()
             local_names[filename] = name
             newest = max(newest, revision)
-        if upstreams:
-            records: dict[str, bytes] = {}
-            names: dict[str, str] = {}
+        upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
+        if upstreams and incremental and current is not None and current.upstream_version == upstream_version:
+            # Only local records were added: lay them over the previous merge instead of redoing it.
+            records, names = dict(current.records), dict(current.names)
+            for filename, name, _record, _revision in rows:
+                records[filename] = local_records[filename]
+                names[filename] = name
+        elif upstreams:
+            records = {}
+            names = {}
             for upstream in reversed(upstreams):  # the first connector wins a file name over later ones
                 for filename, (name, raw) in upstream.records.items():
                     records[filename] = raw
@@ -237,7 +248,7 @@ class RepodataCache:
         return SubdirSnapshot(
             subdir=subdir,
             version=SubdirVersion(newest, version.generation, version.updated_at),
-            upstream_version=tuple((u.connector_id, u.generation) for u in upstreams),
+            upstream_version=upstream_version,
             local_records=local_records,
             local_names=local_names,
             records=records,
