@@ -241,3 +241,16 @@ def test_repodata_json_is_valid_for_many_names(server: Server, feed: str, make_p
     document = json.loads(get(server, f"/conda/{feed}/noarch/repodata.json").content)
     found = {record["name"] for key in ("packages", "packages.conda") for record in document[key].values()}
     assert found == set(names)
+
+
+def test_a_forced_replacement_is_downloaded_at_once(server: Server, feed: str, make_package):
+    first = make_package("replaced", files={"data.txt": b"first"})
+    second = make_package("replaced", files={"data.txt": b"second, different bytes"})
+    assert first.name == second.name and first.read_bytes() != second.read_bytes()
+    upload(server, feed, first)
+    url = f"/conda/{feed}/noarch/{first.name}"
+    assert get(server, url).content == first.read_bytes()
+    assert upload(server, feed, second, force="true").status_code == 201
+    assert get(server, url).content == second.read_bytes()
+    record = get(server, f"/conda/{feed}/noarch/repodata.json").json()["packages.conda"][first.name]
+    assert record["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()

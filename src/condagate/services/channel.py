@@ -97,9 +97,16 @@ def locate_package(services: Services, feed_name: str, subdir: str, filename: st
             return _locate(services, recent, feed_name, subdir, filename)
         except PackageNotFound:
             pass  # gone since: ask the database
-    # A download need not wait for a rebuild of its subdir unless the file is new to it.
+    require_known_subdir(subdir)
+    with services.db.read() as session:
+        feed = _feed_ref(session, feed_name)
+        local = package_store.find_file(session=session, feed_id=feed.id, subdir=subdir, filename=filename)
+        local_sha256 = local.sha256 if local is not None else None
+    if local_sha256 is not None:  # the feed's own file: its row is the truth, whatever is being rebuilt
+        return _blob(services, feed.id, subdir, filename, local_sha256, feed_name)
+    # An upstream file: a download need not wait for a rebuild of its subdir unless the file is new to it.
     located = feed_subdir(services, feed_name, subdir, wait=False)
-    if located.snapshot.record(filename) is None:
+    if located.snapshot.record(filename) is None or located.snapshot.is_local(filename):
         located = feed_subdir(services, feed_name, subdir)
     return _locate(services, located, feed_name, subdir, filename)
 

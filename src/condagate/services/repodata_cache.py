@@ -164,7 +164,8 @@ class RepodataCache:
     ) -> SubdirSnapshot:
         """The subdir's current snapshot, brought up to date with the database and the upstreams first.
         ``version`` is the subdir's local revision when the caller has just read it. With ``wait=False``
-        the previous snapshot is returned while another thread rebuilds it (package downloads)."""
+        a previous snapshot is returned as it is, without rebuilding (package downloads: the caller
+        asks again with waiting when the file is not in it)."""
         key = (feed_id, subdir)
         if version is None:
             with self._db.read() as session:
@@ -176,12 +177,13 @@ class RepodataCache:
         if current is not None and current.version == version and current.upstream_version == upstream_version:
             current.stale = stale
             return current
+        if current is not None and not wait:
+            return current  # a download: the previous snapshot serves every file it lists
         lock = self._lock(key)
-        may_serve_previous = current is not None and (current.version == version or not wait)
-        if may_serve_previous and not lock.acquire(blocking=False):
-            assert current is not None
-            return current  # a rebuild is running: the previous snapshot is still consistent to serve
-        elif not may_serve_previous:
+        if current is not None and current.version == version:
+            if not lock.acquire(blocking=False):
+                return current  # an upstream merge is being built: the previous one is still correct to serve
+        else:
             lock.acquire()
         try:
             current = self._snapshots.get(key)
