@@ -91,6 +91,16 @@ class UpstreamPackage:
 
 
 def locate_package(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob | UpstreamPackage:
+    found: PackageBlob | None = services.lookups.recent_file(feed_name, subdir, filename)
+    if found is not None and found.path.is_file():
+        return found
+    located = _locate_package(services, feed_name, subdir, filename)
+    if isinstance(located, PackageBlob):
+        services.lookups.remember_file(feed_name, subdir, filename, located)
+    return located
+
+
+def _locate_package(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob | UpstreamPackage:
     recent: FeedSubdir | None = services.lookups.recent_subdir(feed_name, subdir)
     if recent is not None and recent.snapshot.record(filename) is not None:
         try:
