@@ -132,3 +132,17 @@ def test_serve_defaults_to_port_8624_and_sqlite_in_the_data_dir(tmp_path: Path):
         process.terminate()
         output = process.communicate(timeout=20)[0].decode()
     assert "CONDAGATE_API_KEY=" in output
+
+
+def test_writes_from_another_sites_page_are_refused(server: Server):
+    """A browser that cached Basic credentials attaches them to another site's form: refuse it."""
+    host = server.url.removeprefix("http://")
+    with server.admin() as client:
+        forged = client.post("/api/feeds", json={"name": _feed_name()}, headers={"Origin": "http://evil.example"})
+        fetched = client.post("/api/feeds", json={"name": _feed_name()}, headers={"Sec-Fetch-Site": "cross-site"})
+        same = client.post("/api/feeds", json={"name": _feed_name()}, headers={"Origin": f"http://{host}"})
+        reading = client.get("/api/feeds", headers={"Origin": "http://evil.example"})
+    assert forged.status_code == 403 and "another site" in forged.json()["error"]["message"]
+    assert fetched.status_code == 403
+    assert same.status_code == 201
+    assert reading.status_code == 200

@@ -45,6 +45,23 @@ def test_downloads_are_counted_per_file(server: Server, feed: str, make_package)
         assert client.get(f"/api/feeds/{feed}/packages/counted").json()["downloads"] == 4
 
 
+def test_counts_still_flow_after_a_feed_with_pending_counts_is_deleted(server: Server, make_package):
+    doomed, kept = "gone-" + uuid.uuid4().hex[:6], "kept-" + uuid.uuid4().hex[:6]
+    package = make_package("counted-twice")
+    with server.admin() as client:
+        for name in (doomed, kept):
+            client.post("/api/feeds", json={"name": name})
+            upload(server, name, package)
+        assert client.get(f"/conda/{doomed}/noarch/{package.name}").status_code == 200
+        assert client.delete(f"/api/feeds/{doomed}").status_code == 204  # before its count is written
+        assert client.get(f"/conda/{kept}/noarch/{package.name}").status_code == 200
+        assert _wait_for(lambda: client.get(f"/api/feeds/{kept}/downloads").json()["total"] == 1)
+        # A new feed never inherits anything of the deleted one (ids are not reused).
+        assert client.post("/api/feeds", json={"name": doomed}).status_code == 201
+        assert client.get(f"/api/feeds/{doomed}/downloads").json()["total"] == 0
+        assert client.get(f"/conda/{doomed}/noarch/repodata.json").json()["packages.conda"] == {}
+
+
 def test_delete_feed_removes_its_packages_and_unshared_blobs(server: Server, make_package):
     name = "doomed-" + uuid.uuid4().hex[:6]
     package = make_package("doomed")

@@ -177,6 +177,27 @@ def test_large_files_stream_and_a_mismatch_cuts_the_connection(tmp_path: Path, u
         server.stop()
 
 
+def test_a_stalled_client_does_not_hold_up_others(tmp_path: Path, upstream: UpstreamChannel):
+    upstream.add(PackageSpec("huge", "1.0", "0", subdir="linux-64", files={"blob.bin": os.urandom(8_000_000)}))
+    upstream.index()
+    server = start_server(tmp_path / "stalled", extra_env={"CONDAGATE_PROXY_VERIFY_BEFORE_SEND_BYTES": "1000"})
+    try:
+        _, feed = make_proxy_feed(server, upstream.url)
+        url = f"{server.url}/conda/{feed}/linux-64/huge-1.0-0.conda"
+        expected = (upstream.root / "linux-64" / "huge-1.0-0.conda").read_bytes()
+        httpx.get(f"{server.url}/conda/{feed}/linux-64/repodata.json")
+        with httpx.stream("GET", url, timeout=30) as stalled:
+            assert stalled.status_code == 200
+            next(stalled.iter_raw(65536))  # reads a little, then stops reading
+            started = time.monotonic()
+            second = httpx.get(url, timeout=30)
+            assert second.status_code == 200 and second.content == expected
+            assert time.monotonic() - started < 10
+        assert upstream.count("/linux-64/huge-1.0-0.conda") == 1
+    finally:
+        server.stop()
+
+
 def test_concurrent_requests_for_one_uncached_file_fetch_it_once(tmp_path: Path, upstream: UpstreamChannel):
     server = start_server(tmp_path / "two-workers", extra_env={"CONDAGATE_WORKERS": "2"})
     try:

@@ -37,6 +37,9 @@ def serve(
     configure_logging(settings.log_level)
     services = Services.open(settings)
     try:
+        # Leftovers of a crash; only here, before any worker runs (a worker may be respawned while
+        # others are writing their temp files).
+        services.blobs.clean_temp_files()
         new_key = ensure_admin_key(services)
         ensure_built_in_connectors(services)
     finally:

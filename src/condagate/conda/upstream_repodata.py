@@ -30,12 +30,17 @@ class _Repodata(msgspec.Struct):
     packages_conda: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict, name="packages.conda")
 
 
-class _NameOnly(msgspec.Struct):
+class _RecordIdentity(msgspec.Struct):
+    """What every record must have to be listed and solved; other fields pass through untouched."""
+
     name: str
+    version: str
+    build: str = ""
+    build_number: int = 0
 
 
 _decode_repodata = msgspec.json.Decoder(_Repodata).decode
-_decode_name = msgspec.json.Decoder(_NameOnly).decode
+_decode_identity = msgspec.json.Decoder(_RecordIdentity).decode
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def _records_passing(filename: str, raw: msgspec.Raw, name_filter: NameFilter | 
         return  # a file name that would not be a safe URL segment below the subdir
     record = bytes(raw)
     try:
-        name = _decode_name(record).name
+        name = _decode_identity(record).name
     except (msgspec.DecodeError, msgspec.ValidationError):
         return
     if name_filter is None or name_filter.allows(name):

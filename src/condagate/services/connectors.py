@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import BadRequest, CondagateError
+from condagate.services.blob_cleanup import delete_if_unused
 from condagate.services.context import Services
 from condagate.services.feeds import validate_feed_name
 from condagate.store import connectors as connector_store
@@ -167,8 +168,10 @@ def get_connector(services: Services, name: str) -> ConnectorInfo:
 def delete_connector(services: Services, name: str) -> None:
     with services.db.write() as session:
         connector_id = connector_store.get_connector(session=session, name=name).id
-        connector_store.delete_connector(session=session, name=name)
-    services.upstream.forget(connector_id)
+        digests = connector_store.delete_connector(session=session, name=name)
+    services.upstream.forget(connector_id, remove_files=True)
+    for digest in set(digests):
+        delete_if_unused(services, digest)
 
 
 def refresh_connector(services: Services, name: str, subdirs: list[str]) -> ConnectorInfo:

@@ -37,7 +37,6 @@ class Services:
         db = Database(settings.resolved_database_url)
         migrate(db.engine)
         blobs = open_blob_store(settings.resolved_storage_url)
-        blobs.clean_temp_files()
         user_agent = {"User-Agent": "condagate (conda proxy)"}
         http = httpx.Client(follow_redirects=True, transport=transport, headers=user_agent)
         http_async = httpx.AsyncClient(follow_redirects=True, transport=async_transport, headers=user_agent)

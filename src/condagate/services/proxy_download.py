@@ -12,13 +12,15 @@ cross-process lock and are then served from the cache: one upstream download in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 import httpx
-from starlette.concurrency import run_in_threadpool
+from anyio.to_thread import run_sync as run_in_threadpool
 
-from condagate.errors import UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
+from condagate.errors import CondagateError, UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
 from condagate.services.blob_cleanup import blob_lock_name
 from condagate.services.channel import PackageBlob, UpstreamPackage, cached_blob
 from condagate.services.context import Services
@@ -39,21 +41,30 @@ class UpstreamStream:
         self.lock = lock
         size = item.record.get("size")
         self.size = int(size) if isinstance(size, int) else None
+        self.written = 0
+        self.finished = False
+        self.failure: CondagateError | None = None
+        self._progress = asyncio.Event()
+        self._reader: BinaryIO
+        self._task: asyncio.Task[None]
 
-    async def fetch_whole(self) -> PackageBlob:
-        """Download, verify and cache the whole file before answering (small files)."""
-        incoming = self.services.blobs.incoming()
+    async def _download(self, incoming: IncomingBlob) -> str:
+        """Read the whole upstream body into ``incoming``, verify it, cache it; return its sha256.
+        Always releases the upstream response and the file's lock."""
         committed = False
         try:
             async for chunk in self.response.aiter_raw():
                 incoming.write(chunk)
+                self.written = incoming.size
                 if self.size is not None and incoming.size > self.size:
                     raise UpstreamMismatch(f"{self._what} is larger than its repodata record says")
-            incoming.finish()
+                self._wake()
+            await run_in_threadpool(incoming.finish)  # fsync: not on the event loop
             self._verify(incoming)
             sha256 = incoming.sha256.hexdigest()
             await run_in_threadpool(self._commit, incoming)
             committed = True
+            return sha256
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"{self._what}: the upstream transfer broke off: {exc}") from exc
         finally:
@@ -61,38 +72,54 @@ class UpstreamStream:
                 incoming.discard()
             await self.response.aclose()
             self.lock.release()
+
+    async def fetch_whole(self) -> PackageBlob:
+        """Download, verify and cache the whole file before answering (small files)."""
+        sha256 = await self._download(self.services.blobs.incoming())
         item = self.item
         return PackageBlob(item.feed_id, item.subdir, item.filename, sha256, self.services.blobs.local_path(sha256))
 
-    async def body(self) -> AsyncIterator[bytes]:
+    def start(self) -> None:
+        """Start the download as a task of its own, at the upstream's pace: a slow or stalled client
+        must not hold the file's lock (and every other client waiting on it) for longer than that."""
         incoming = self.services.blobs.incoming()
-        committed = False
+        self._reader = incoming.path.open("rb")  # opened now: the temp file is renamed or removed later
+        self._task = asyncio.create_task(self._run(incoming))
+
+    async def _run(self, incoming: IncomingBlob) -> None:
         try:
-            held: bytes | None = None
-            async for chunk in self.response.aiter_raw():
-                incoming.write(chunk)
-                if self.size is not None and incoming.size > self.size:
-                    raise UpstreamMismatch(f"{self._what} is larger than its repodata record says")
-                if held is not None:
-                    yield held
-                held = chunk
-            incoming.finish()
-            self._verify(incoming)
-            await run_in_threadpool(self._commit, incoming)
-            committed = True
-            if held is not None:
-                yield held
-        except httpx.HTTPError as exc:
-            log.warning("%s: the upstream transfer broke off: %s", self._what, exc)
-            raise
-        except UpstreamMismatch as exc:
-            log.error("%s", exc.message)
-            raise
+            await self._download(incoming)
+            self.finished = True
+        except BaseException as exc:
+            self.failure = exc if isinstance(exc, CondagateError) else UpstreamUnavailable(f"{self._what}: {exc}")
+            log.error("%s", self.failure.message)
         finally:
-            if not committed:
-                incoming.discard()
-            await self.response.aclose()
-            self.lock.release()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The client's view of the download: what has arrived so far, less the last byte until the
+        whole file is verified; on a failure the response ends short of its Content-Length."""
+        sent = 0
+        try:
+            while True:
+                progress = self._progress
+                if self.failure is not None:
+                    raise self.failure
+                available = self.written if self.finished else max(0, self.written - 1)
+                if sent < available:
+                    data = await run_in_threadpool(self._reader.read, min(available - sent, 1024 * 1024))
+                    sent += len(data)
+                    yield data
+                elif self.finished:
+                    return
+                else:
+                    await progress.wait()
+        finally:
+            self._reader.close()
 
     @property
     def _what(self) -> str:
@@ -132,7 +159,7 @@ class UpstreamStream:
 async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlob | UpstreamStream:
     """Either the file is cached by now (another request fetched it), or an open upstream stream."""
     connector = item.connector
-    lock = FileLock(services.settings.data_dir / "locks", f"{connector.id}/{item.subdir}/{item.filename}")
+    lock = FileLock(services.locks_dir, f"{connector.id}/{item.subdir}/{item.filename}")
     if not await lock.acquire(timeout=connector.timeout_seconds * 10):
         raise UpstreamTimeout(f"another download of {item.filename} from {connector.name!r} is still running")
     try:
@@ -143,7 +170,9 @@ async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlo
             lock.release()
             return cached
         url = connector.file_url(item.subdir, item.filename)
-        request = services.http_async.build_request("GET", url, headers=connector.headers, timeout=connector.timeout)
+        # identity: the bytes must be the file itself, or its sha256 and size cannot match the record
+        headers = {**connector.headers, "Accept-Encoding": "identity"}
+        request = services.http_async.build_request("GET", url, headers=headers, timeout=connector.timeout)
         try:
             response = await services.http_async.send(request, stream=True, auth=connector.basic_auth)
         except httpx.TimeoutException as exc:
@@ -168,6 +197,7 @@ async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlo
         stream = UpstreamStream(services, item, response, lock)
         if stream.size is not None and stream.size <= services.settings.proxy_verify_before_send_bytes:
             return await stream.fetch_whole()
+        stream.start()
         return stream
     except BaseException:
         lock.release()

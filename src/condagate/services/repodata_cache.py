@@ -67,6 +67,8 @@ class SubdirSnapshot:
     _bz2: Encoded | None = None
     _by_name: dict[str, list[str]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # bz2 of a big subdir takes many seconds: it must not hold up shard or listing requests.
+    _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_name(self) -> dict[str, list[str]]:
         """Package name -> its file names (for listings), built on first use."""
@@ -79,7 +81,7 @@ class SubdirSnapshot:
             return self._by_name
 
     def bz2(self) -> Encoded:
-        with self._lock:
+        with self._bz2_lock:
             if self._bz2 is None:
                 body = compress_bz2(self.json.body)
                 self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.built_at)
@@ -141,7 +143,7 @@ class RepodataCache:
         self._snapshots: dict[tuple[int, str], SubdirSnapshot] = {}
         self._locks: dict[tuple[int, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._retired_shards: OrderedDict[str, bytes] = OrderedDict()
+        self._retired_shards: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
         self._channeldata: dict[int, tuple[tuple[tuple[str, int, int], ...], Encoded]] = {}
 
     def _lock(self, key: tuple[int, str]) -> threading.Lock:
@@ -235,7 +237,7 @@ class RepodataCache:
         if current is not None:
             previous_shards = current._shards if current._shards is not None else current._previous_shards
             if current._shards is not None:
-                self._retire(current._shards)
+                self._retire(feed_id, subdir, current._shards)
         built_at = (version.updated_at or datetime.now(UTC)).replace(microsecond=0)
         # SQLite hands back naive datetimes (written in UTC); PostgreSQL aware ones in its own zone.
         built_at = built_at.replace(tzinfo=UTC) if built_at.tzinfo is None else built_at.astimezone(UTC)
@@ -261,14 +263,14 @@ class RepodataCache:
             _previous_shards=previous_shards,
         )
 
-    def _retire(self, shards: dict[str, ShardEntry]) -> None:
+    def _retire(self, feed_id: int, subdir: str, shards: dict[str, ShardEntry]) -> None:
         for entry in shards.values():
-            self._retired_shards[entry[1].hex()] = entry[2]
+            self._retired_shards[(feed_id, subdir, entry[1].hex())] = entry[2]
         while len(self._retired_shards) > _RETIRED_SHARDS_KEPT:
             self._retired_shards.popitem(last=False)
 
-    def shard(self, snapshot: SubdirSnapshot, digest_hex: str) -> bytes | None:
-        return snapshot.shard_by_digest(digest_hex) or self._retired_shards.get(digest_hex)
+    def shard(self, feed_id: int, snapshot: SubdirSnapshot, digest_hex: str) -> bytes | None:
+        return snapshot.shard_by_digest(digest_hex) or self._retired_shards.get((feed_id, snapshot.subdir, digest_hex))
 
     def channeldata(self, *, feed_id: int) -> Encoded:
         with self._db.read() as session:
@@ -295,4 +297,6 @@ class RepodataCache:
     def forget_feed(self, feed_id: int) -> None:
         for key in [key for key in self._snapshots if key[0] == feed_id]:
             del self._snapshots[key]
+        for shard_key in [key for key in self._retired_shards if key[0] == feed_id]:
+            del self._retired_shards[shard_key]
         self._channeldata.pop(feed_id, None)

@@ -10,12 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from anyio.to_thread import run_sync as run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+
 from condagate.conda.package import read_package
 from condagate.conda.records import about_summary, build_record, encode_record
 from condagate.conda.subdirs import parse_package_filename, require_known_subdir
 from condagate.errors import (
     BadRequest,
     ChecksumMismatch,
+    Conflict,
     InvalidPackage,
     PackageExists,
     PayloadTooLarge,
@@ -61,7 +65,7 @@ async def receive(services: Services, chunks: AsyncIterator[bytes]) -> IncomingB
                 raise PayloadTooLarge(f"the upload exceeds this server's limit of {limit} bytes")
         if incoming.size == 0:
             raise InvalidPackage("the upload is empty")
-        incoming.finish()
+        await run_in_threadpool(incoming.finish)  # fsync: not on the event loop
     except BaseException:
         incoming.discard()
         raise
@@ -147,6 +151,11 @@ def store_upload(
                             uploaded_by=uploaded_by,
                         )
                     )
+            except IntegrityError as exc:
+                if blob_is_new:
+                    delete_unused_locked(services, sha256)
+                # The feed was deleted, or the same file name committed, while this upload ran.
+                raise Conflict(f"{filename} could not be stored: the feed changed meanwhile ({exc.orig})") from exc
             except BaseException:
                 if blob_is_new:
                     delete_unused_locked(services, sha256)

@@ -40,12 +40,16 @@ def add_connector(*, session: Session, connector: Connector) -> Connector:
     return connector
 
 
-def delete_connector(*, session: Session, name: str) -> None:
+def delete_connector(*, session: Session, name: str) -> list[str]:
+    """Delete an unused connector; returns the sha256 of the files it had cached, for blob clean-up."""
     connector = get_connector(session=session, name=name)
     used_by = feeds_using(session=session, connector_id=connector.id)
     if used_by:
         raise Conflict(f"connector {name!r} is used by the feeds {', '.join(used_by)}: remove it from them first")
+    digests = list(session.scalars(select(CachedPackage.sha256).where(CachedPackage.connector_id == connector.id)))
+    session.execute(delete(CachedPackage).where(CachedPackage.connector_id == connector.id))
     session.delete(connector)
+    return digests
 
 
 def feeds_using(*, session: Session, connector_id: int) -> list[str]:

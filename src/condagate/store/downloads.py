@@ -9,14 +9,19 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from condagate.store.models import DownloadCount
+from condagate.store.models import DownloadCount, Feed
 
 CounterKey = tuple[int, str, str, str, date]  # feed id, subdir, file name, package name, day
 
 
 def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None:
+    """Add counts; those of feeds deleted meanwhile are dropped (they would fail the whole batch)."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    feed_ids = {key[0] for key in counts}
+    existing = set(session.scalars(select(Feed.id).where(Feed.id.in_(feed_ids)))) if feed_ids else set()
     for (feed_id, subdir, filename, name, day), count in sorted(counts.items()):
+        if feed_id not in existing:
+            continue
         statement = insert(DownloadCount).values(
             feed_id=feed_id, subdir=subdir, filename=filename, name=name, day=day, count=count
         )

@@ -24,18 +24,22 @@ class FileLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + timeout
         delay = 0.01
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-                continue
-            self._fd = fd
-            return True
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        return False
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
+                self._fd = fd
+                return True
+        except BaseException:  # cancelled while waiting
+            os.close(fd)
+            raise
 
     def __del__(self) -> None:
         # A response that was never sent (the client left first) must not keep the file locked.

@@ -24,6 +24,8 @@ class Base(DeclarativeBase):
 
 class Feed(Base):
     __tablename__ = "feeds"
+    # Never reuse the id of a deleted feed: per-process caches are keyed by it.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -95,6 +97,7 @@ class Connector(Base):
     """An upstream conda channel that feeds proxy; credentials are sent upstream, never shown back."""
 
     __tablename__ = "connectors"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are cache keys: never reuse a deleted one
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -104,9 +105,11 @@ class UpstreamRepodataCache:
             self._snapshots[key] = snapshot
             return snapshot
 
-    def forget(self, connector_id: int) -> None:
+    def forget(self, connector_id: int, remove_files: bool = False) -> None:
         for key in [key for key in self._snapshots if key[0] == connector_id]:
             del self._snapshots[key]
+        if remove_files:
+            shutil.rmtree(self._root / str(connector_id), ignore_errors=True)
 
     def _refresh_in_background(self, connector: ConnectorConfig, subdir: str) -> None:
         key = (connector.id, subdir)

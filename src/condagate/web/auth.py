@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from condagate.errors import AuthenticationRequired
+from condagate.errors import AuthenticationRequired, PermissionDenied
 from condagate.security.permissions import ANONYMOUS, Permission, Principal, authorize
 from condagate.services.authentication import principal_for_key
 
@@ -61,6 +62,22 @@ async def current_principal(request: Request) -> Principal:
     return principal
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_cross_site_writes(request: Request) -> None:
+    """Browsers attach cookies they hold and Basic credentials they cached to a form another site
+    submits; they also always say where it comes from. Conda clients and scripts send no Origin."""
+    if request.method in _SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    fetch_site = request.headers.get("sec-fetch-site")
+    host = request.headers.get("host", "")
+    cross_origin = origin is not None and origin != "null" and urlsplit(origin).netloc != host
+    if cross_origin or origin == "null" or fetch_site in ("cross-site", "same-site"):
+        raise PermissionDenied("a write from another site's page is refused (cross-site request)")
+
+
 class Requires:
     """A route's permission declaration; ``tests`` walk the routes and fail on any without one."""
 
@@ -68,6 +85,7 @@ class Requires:
         self.permission = permission
 
     async def __call__(self, request: Request) -> Principal:
+        refuse_cross_site_writes(request)
         if self.permission == Permission.PUBLIC:
             return ANONYMOUS
         principal = await current_principal(request)

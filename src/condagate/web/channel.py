@@ -18,6 +18,7 @@ from condagate.web.responses import (
     REPODATA_CACHE_CONTROL,
     blob_response,
     encoded_response,
+    is_not_modified,
 )
 from condagate.web.uploads import artifactory_upload
 
@@ -46,7 +47,8 @@ def _with_stale_notice(response: Response, located: channel.FeedSubdir) -> Respo
     notice = located.stale_notice
     if notice:
         # Served from the last good copy: say so, so that clients and operators can tell.
-        response.headers[STALE_HEADER] = notice.encode("ascii", "replace").decode()[:1000]
+        printable = "".join(c if " " <= c <= "~" else " " for c in notice)  # upstream text: no CR/LF, ASCII
+        response.headers[STALE_HEADER] = printable[:1000]
     return response
 
 
@@ -80,15 +82,15 @@ async def shard(request: Request, feed: str, subdir: str, shard_name: str) -> Re
     digest_hex = shard_name.removesuffix(".msgpack.zst")
 
     def find() -> bytes | None:
-        snapshot = channel.subdir_snapshot(services, feed, subdir)
-        return services.repodata.shard(snapshot, digest_hex)
+        located = channel.feed_subdir(services, feed, subdir)
+        return services.repodata.shard(located.feed.id, located.snapshot, digest_hex)
 
     body = await run_in_threadpool(find)
     if body is None or not shard_name.endswith(".msgpack.zst"):
         raise NotFound(f"no shard {shard_name!r} in {feed}/{subdir}")
     etag = f'"{digest_hex}"'
     headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL}
-    if request.headers.get("if-none-match") == etag:
+    if is_not_modified(request, etag, None):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
         headers["content-length"] = str(len(body))
