@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from anyio.to_thread import run_sync as run_in_threadpool
-from sqlalchemy.exc import IntegrityError
 
 from condagate.conda.package import read_package
 from condagate.conda.records import about_summary, build_record, encode_record
@@ -19,7 +18,6 @@ from condagate.conda.subdirs import parse_package_filename, require_known_subdir
 from condagate.errors import (
     BadRequest,
     ChecksumMismatch,
-    Conflict,
     InvalidPackage,
     PackageExists,
     PayloadTooLarge,
@@ -151,11 +149,6 @@ def store_upload(
                             uploaded_by=uploaded_by,
                         )
                     )
-            except IntegrityError as exc:
-                if blob_is_new:
-                    delete_unused_locked(services, sha256)
-                # The feed was deleted, or the same file name committed, while this upload ran.
-                raise Conflict(f"{filename} could not be stored: the feed changed meanwhile ({exc.orig})") from exc
             except BaseException:
                 if blob_is_new:
                     delete_unused_locked(services, sha256)

@@ -9,10 +9,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from condagate.errors import Conflict
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class WriteConflict(Conflict):
+    code = "write_conflict"
 
 
 def make_engine(url: str) -> Engine:
@@ -71,9 +78,18 @@ class Database:
             try:
                 yield session
                 session.commit()
+            except IntegrityError as exc:
+                session.rollback()
+                # A concurrent change won (same name committed, parent row deleted): a conflict, not a crash.
+                raise WriteConflict(f"a concurrent change conflicts with this one: {exc.orig}") from exc
             except BaseException:
                 session.rollback()
                 raise
+
+    def ping(self) -> None:
+        """Raise unless the database answers (the health check)."""
+        with self.read() as session:
+            session.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()

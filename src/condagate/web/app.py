@@ -15,7 +15,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from condagate import __version__
@@ -68,12 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health", tags=["operations"], dependencies=[Depends(requires(Permission.PUBLIC))])
     async def health(request: Request) -> dict[str, Any]:
         services: Services = request.app.state.services
-
-        def check() -> None:
-            with services.db.read() as session:
-                session.execute(text("SELECT 1"))
-
-        await run_in_threadpool(check)
+        await run_in_threadpool(services.db.ping)
         return {"status": "ok", "version": __version__}
 
     app.include_router(api.router)
