@@ -13,10 +13,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from package_factory import PackageSpec, write_package  # noqa: E402
-from servers import Server, postgres_database, start_server  # noqa: E402
+from servers import Server, postgres_database, start_server, stop_postgres  # noqa: E402
 from upstream_channel import UpstreamChannel  # noqa: E402
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster() -> Iterator[None]:
+    """Stop the throwaway PostgreSQL cluster (started lazily by postgres_database()) when the session ends."""
+    yield
+    stop_postgres()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from condagate.security.redact import redact
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -21,7 +23,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        # Every line passes the one redaction: keys in paths, URLs with credentials, header values.
+        return redact(json.dumps(entry))
 
 
 def configure_logging(level: str = "info") -> None:

@@ -32,6 +32,17 @@ class Settings:
     proxy_verify_before_send_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     workers: int = 1
+    # Security: see docs/security.md.
+    security_refresh_seconds: float = 1.0  # how soon other processes see a change to grants or keys
+    max_body_bytes: int = 1024 * 1024  # JSON and form bodies; only upload routes take more
+    body_timeout_seconds: float = 20.0  # a JSON or form body must arrive whole within this time
+    upload_idle_seconds: float = 60.0  # an upload that sends nothing for this long is cut
+    public_url: str = ""  # e.g. https://conda.example.com when a reverse proxy serves condagate
+    trusted_proxies: str = ""  # addresses whose X-Forwarded-For / -Proto are believed (comma-separated)
+    secret_key: str = ""  # encrypts upstream credentials; default: DATA_DIR/secret.key
+    session_hours: float = 12.0
+    failed_auth_limit: int = 20  # wrong keys or passwords per client address and minute before 429
+    access_log_days: int = 90
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from rich.console import Console
 from condagate.settings import DEFAULT_PORT, Settings
 
 err = Console(stderr=True)
+log = logging.getLogger("condagate.serve")
 
 
 def serve(
@@ -29,7 +31,7 @@ def serve(
     from granian.constants import Interfaces
 
     from condagate.logs import configure_logging
-    from condagate.services.bootstrap import ensure_admin_key
+    from condagate.services.bootstrap import ensure_admin_key, housekeeping
     from condagate.services.connectors import ensure_built_in_connectors
     from condagate.services.context import Services
 
@@ -40,20 +42,27 @@ def serve(
         # Leftovers of a crash; only here, before any worker runs (a worker may be respawned while
         # others are writing their temp files).
         services.blobs.clean_temp_files()
-        new_key = ensure_admin_key(services)
+        started = ensure_admin_key(services)
         ensure_built_in_connectors(services)
+        housekeeping(services)
     finally:
         services.close()
-    if new_key is not None:
-        if settings.admin_api_key:
-            err.print("[bold]Administrator API key set from CONDAGATE_ADMIN_API_KEY.[/bold]")
-        else:
-            err.print("\n[bold]Created the administrator API key (shown once, stored hashed):[/bold]")
-            print(f"CONDAGATE_API_KEY={new_key}", flush=True)
-            err.print(
-                "Use it with the CLI (export CONDAGATE_API_KEY=...), the REST API (X-API-Key header) "
-                "or a channel URL: http://api:KEY@HOST:PORT/conda/FEED\n"
-            )
+    if started.from_environment:
+        err.print("Administrator API key set from CONDAGATE_ADMIN_API_KEY (user 'admin').", soft_wrap=True)
+    elif started.new_key is not None:
+        err.print("\n[bold]Created the administrator API key (shown once, stored hashed):[/bold]", soft_wrap=True)
+        print(f"CONDAGATE_API_KEY={started.new_key}", flush=True)
+        err.print(
+            "Use it with the CLI (export CONDAGATE_API_KEY=...), the REST API (X-API-Key header) "
+            "or a channel URL: http://api:KEY@HOST:PORT/conda/FEED\n",
+            soft_wrap=True,
+        )
+    if started.environment_key_ignored:
+        log.warning(
+            "CONDAGATE_ADMIN_API_KEY is set but applies only at the first start, and no key with that value "
+            "exists: it is ignored. Create keys with 'condagate apikey create', or a new administrator key "
+            "on this host with 'condagate admin create-key'."
+        )
     err.print(f"condagate listening on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
     os.environ.update(settings.to_env())
     Granian(

@@ -1,20 +1,32 @@
-"""Turning a presented API key into a principal."""
+"""Logging in to the web UI: a user name and password, or an API key, with failures rate-limited
+per client address and per user name."""
 
 from __future__ import annotations
 
-from condagate.errors import AuthenticationRequired
-from condagate.security.apikeys import hash_key, key_matches
-from condagate.security.permissions import ANONYMOUS, Permission, Principal
+from condagate.errors import AuthenticationRequired, BadRequest, CondagateError
+from condagate.security.permissions import Principal
 from condagate.services.context import Services
-from condagate.store import apikeys as key_store
 
 
-def principal_for_key(services: Services, key: str | None) -> Principal:
-    if not key:
-        return ANONYMOUS
-    with services.db.read() as session:
-        row = key_store.find_key(session=session, key_hash=hash_key(key))
-    if row is None or not key_matches(key, row.key_hash):
-        raise AuthenticationRequired("the API key is not valid")
-    permissions = frozenset(Permission(p) for p in row.permissions.split(",") if p)
-    return Principal(name=f"api key {row.id}", permissions=permissions | ANONYMOUS.permissions, authenticated=True)
+class TooManyFailures(CondagateError):
+    status_code = 429
+    code = "too_many_failures"
+
+
+def log_in(services: Services, *, client: str, user: str, password: str, api_key: str) -> Principal:
+    if not api_key and not (user and password):
+        raise BadRequest("enter a user name and password, or an API key")
+    subjects = [client] + ([f"user:{user.lower()}"] if user and not api_key else [])
+    for subject, limiter in zip(subjects, (services.failed_logins, services.failed_user_logins), strict=False):
+        wait = limiter.retry_after(subject)
+        if wait:
+            raise TooManyFailures(f"too many failed log-ins: try again in {int(wait) + 1} s")
+    access = services.access
+    principal = access.principal_for_key(api_key) if api_key else access.principal_for_password(user, password)
+    if principal is None:
+        for subject, limiter in zip(subjects, (services.failed_logins, services.failed_user_logins), strict=False):
+            limiter.failed(subject)
+        raise AuthenticationRequired("the API key is not valid" if api_key else "the user name or password is wrong")
+    for subject, limiter in zip(subjects, (services.failed_logins, services.failed_user_logins), strict=False):
+        limiter.succeeded(subject)
+    return principal

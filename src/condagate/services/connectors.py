@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import BadRequest, CondagateError
+from condagate.security import secretbox
 from condagate.services.blob_cleanup import delete_if_unused
 from condagate.services.context import Services
 from condagate.services.feeds import validate_feed_name
@@ -62,6 +63,16 @@ def _lines(value: str) -> list[str]:
     return [line for line in value.split("\n") if line]
 
 
+def _seal(value: str) -> str:
+    box = secretbox.installed()
+    return box.seal(value) if box is not None and value else value
+
+
+def _open(value: str) -> str:
+    box = secretbox.installed()
+    return box.open(value) if box is not None and value else value
+
+
 def config_of(row: Connector) -> ConnectorConfig:
     return ConnectorConfig(
         id=row.id,
@@ -72,9 +83,9 @@ def config_of(row: Connector) -> ConnectorConfig:
         exclude=tuple(_lines(row.exclude)),
         cache_minutes=row.cache_minutes,
         timeout_seconds=row.timeout_seconds,
-        username=row.username,
-        password=row.password,
-        token=row.token,
+        username=_open(row.username),
+        password=_open(row.password),
+        token=_open(row.token),
     )
 
 
@@ -94,6 +105,14 @@ def _validate(spec: ConnectorSpec) -> None:
         raise BadRequest("cache minutes must be >= 0 and the timeout between 1 and 3600 seconds")
     if spec.token and (spec.username or spec.password):
         raise BadRequest("give either a username and password or a token, not both")
+    for label, value in (("username", spec.username), ("password", spec.password), ("token", spec.token)):
+        # A token read from a file keeps its newline; httpx would refuse the header (and echo it).
+        if value and (not value.isprintable() or value != value.strip()):
+            raise BadRequest(f"the {label} has spaces at its ends or control characters (a newline?): remove them")
+        if len(value) > 4096:
+            raise BadRequest(f"the {label} is longer than 4096 characters")
+    if spec.username and ":" in spec.username:
+        raise BadRequest("a username may not contain ':'")
 
 
 def _info(services: Services, row: Connector, with_health: bool = False) -> ConnectorInfo:
@@ -137,9 +156,9 @@ def create_connector(services: Services, spec: ConnectorSpec) -> ConnectorInfo:
                 subdirs="\n".join(spec.subdirs),
                 cache_minutes=spec.cache_minutes,
                 timeout_seconds=spec.timeout_seconds,
-                username=spec.username,
-                password=spec.password,
-                token=spec.token,
+                username=_seal(spec.username),
+                password=_seal(spec.password),
+                token=_seal(spec.token),
             ),
         )
         return _info(services, row)
@@ -186,3 +205,19 @@ def refresh_connector(services: Services, name: str, subdirs: list[str]) -> Conn
         with contextlib.suppress(CondagateError):  # recorded in the connector's health
             services.upstream.refresh(config, subdir)
     return get_connector(services, name)
+
+
+def seal_stored_credentials(services: Services) -> int:
+    """Encrypt credentials stored in clear text by earlier versions; returns how many rows changed."""
+    box = secretbox.installed()
+    if box is None:
+        return 0
+    changed = 0
+    with services.db.write() as session:
+        for row in connector_store.list_connectors(session=session):
+            for column in ("username", "password", "token"):
+                value = getattr(row, column)
+                if value and not box.is_sealed(value):
+                    setattr(row, column, box.seal(value))
+                    changed += 1
+    return changed

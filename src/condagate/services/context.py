@@ -8,6 +8,11 @@ from typing import Any
 
 import httpx
 
+from condagate.security import secretbox
+from condagate.security.ratelimit import FailureLimiter
+from condagate.security.secretbox import SecretBox
+from condagate.services.access_control import AccessControl
+from condagate.services.access_recorder import AccessRecorder
 from condagate.services.downloads import DownloadCounter
 from condagate.services.lookups import RecentLookups
 from condagate.services.repodata_cache import RepodataCache
@@ -29,13 +34,22 @@ class Services:
     http: httpx.Client
     http_async: httpx.AsyncClient
     lookups: RecentLookups
+    access: AccessControl
+    access_log: AccessRecorder
+    failed_logins: FailureLimiter  # per client address: wrong keys and passwords
+    failed_user_logins: FailureLimiter  # per user name: wrong passwords
 
     @classmethod
     def open(cls, settings: Settings, transport: Any = None, async_transport: Any = None) -> Services:
         """Build every service; tests may inject httpx transports for the upstream connections."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings.data_dir.chmod(0o700)  # it holds the database and the key of upstream credentials
         db = Database(settings.resolved_database_url)
         migrate(db.engine)
+        _owner_only(settings.resolved_database_url)
+        secretbox.install(SecretBox.from_settings(settings.secret_key, settings.data_dir / "secret.key"))
+        access = AccessControl(db, settings.security_refresh_seconds)
+        access.reload()
         blobs = open_blob_store(settings.resolved_storage_url)
         user_agent = {"User-Agent": "condagate (conda proxy)"}
         http = httpx.Client(follow_redirects=True, transport=transport, headers=user_agent)
@@ -56,13 +70,31 @@ class Services:
             http=http,
             http_async=http_async,
             lookups=RecentLookups(),
+            access=access,
+            access_log=AccessRecorder(db, settings.access_log_days),
+            failed_logins=FailureLimiter(settings.failed_auth_limit, 60.0),
+            failed_user_logins=FailureLimiter(10, 900.0),
         )
 
     @property
     def locks_dir(self) -> Path:
         return self.settings.data_dir / "locks"
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Write what is counted in memory: downloads, the access log, keys' last use."""
         self.downloads.flush()
+        self.access_log.flush(self.access.take_last_used())
+
+    def close(self) -> None:
+        self.flush()
         self.http.close()
         self.db.dispose()
+
+
+def _owner_only(database_url: str) -> None:
+    """The SQLite file holds password and key hashes: readable by condagate's user alone."""
+    if database_url.startswith("sqlite:///"):
+        path = Path(database_url.removeprefix("sqlite:///"))
+        for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if candidate.exists():
+                candidate.chmod(0o600)

@@ -35,7 +35,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def validate_feed_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidName(
             f"invalid feed name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from condagate.errors import FeedExists, FeedNotFound
 from condagate.store.models import Feed, PackageFile
+from condagate.store.security import bump_revision
 
 
 def get_feed(*, session: Session, name: str) -> Feed:
@@ -37,6 +38,7 @@ def create_feed(*, session: Session, name: str, description: str) -> Feed:
     feed = Feed(name=name, description=description, created_at=datetime.now(UTC))
     session.add(feed)
     session.flush()
+    bump_revision(session=session)  # grants and keys name feeds: their holders' view changes
     return feed
 
 
@@ -46,4 +48,5 @@ def delete_feed(*, session: Session, name: str) -> list[str]:
     digests = list(session.scalars(select(PackageFile.sha256).where(PackageFile.feed_id == feed.id)))
     session.delete(feed)
     session.flush()
+    bump_revision(session=session)
     return digests

@@ -71,7 +71,55 @@ class PackageFile(Base):
     uploaded_by: Mapped[str] = mapped_column(String(200), default="")
 
 
+class User(Base):
+    """A local user; ``name_key`` (the name in lower case) makes names unique regardless of case."""
+
+    __tablename__ = "users"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Grant(Base):
+    """One permission for a user, a group or anonymous callers, system-wide (no feed) or on one feed."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal_kind: Mapped[str] = mapped_column(String(16))  # "user", "group" or "anonymous"
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), nullable=True)
+    permission: Mapped[str] = mapped_column(String(32))
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
 class ApiKey(Base):
+    """A key acts as its user (narrowed by ``permissions`` when set), or, without a user, holds exactly
+    ``permissions``: system-wide (scope "system") or on the feeds in ``api_key_feeds`` (scope "feeds")."""
+
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -80,6 +128,70 @@ class ApiKey(Base):
     permissions: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True)
+    scope: Mapped[str] = mapped_column(String(16), default="system", server_default="system")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    hint: Mapped[str] = mapped_column(String(16), default="", server_default="")  # first characters, to recognise it
+
+
+class ApiKeyFeed(Base):
+    __tablename__ = "api_key_feeds"
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+
+
+class UiSession(Base):
+    """A web UI log-in: only the sha256 of the cookie's random id is stored."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AccessLogEntry(Base):
+    """A request made with an API key (or by a logged-in user): written in batches, off the request path."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_key_time", "api_key_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=True)
+    principal: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    client: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+
+
+class SecurityState(Base):
+    """One row: its revision grows with every change to users, groups, grants, keys or feeds, so that
+    each process knows when its cached security snapshot is out of date."""
+
+    __tablename__ = "security_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PrincipalDownload(Base):
+    """Downloads per feed, file, day and who downloaded (user, key or anonymous)."""
+
+    __tablename__ = "principal_downloads"
+
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(400), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    principal: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class DownloadCount(Base):

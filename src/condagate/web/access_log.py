@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from condagate.security.redact import redact
+
 log = logging.getLogger("condagate.access")
 
 
@@ -31,10 +33,11 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            state: dict[str, Any] = scope.get("state", {})
+            principal = state.get("principal")
+            path = redact(scope["path"])
+            client = state.get("client") or (scope.get("client") or ["-"])[0]
             if log.isEnabledFor(logging.INFO):
-                state: dict[str, Any] = scope.get("state", {})
-                principal = state.get("principal")
-                path = _redact(scope["path"])
                 log.info(
                     "%s %s %s",
                     scope["method"],
@@ -46,16 +49,18 @@ class AccessLogMiddleware:
                             "path": path,
                             "status": status,
                             "ms": round((time.perf_counter() - started) * 1000, 2),
-                            "client": (scope.get("client") or ["-"])[0],
+                            "client": client,
                             "principal": getattr(principal, "name", "anonymous"),
                         }
                     },
                 )
-
-
-def _redact(path: str) -> str:
-    """Never write a ``/t/KEY/`` token to the log."""
-    if path.startswith("/t/"):
-        _, _, rest = path[3:].partition("/")
-        return "/t/***/" + rest
-    return path
+            if principal is not None and principal.authenticated:
+                # The per-key access log the UI shows; buffered, written with the download counts.
+                scope["app"].state.services.access_log.record(
+                    api_key_id=principal.key_id,
+                    principal=principal.name,
+                    client=client,
+                    method=scope["method"],
+                    path=path,
+                    status=status,
+                )

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from condagate.security.permissions import Permission
+from condagate.security.permissions import Permission, Principal, Scope
 from condagate.services import catalog, connectors, feeds
 from condagate.services.context import Services
-from condagate.web.auth import requires
+from condagate.web.auth import current_principal, requires
 
 router = APIRouter(prefix="/api", tags=["feeds"])
 
@@ -59,12 +59,16 @@ def feed_json(request: Request, info: feeds.FeedInfo) -> dict[str, Any]:
     }
 
 
-@router.get("/feeds", dependencies=[Depends(requires(Permission.VIEW))], summary="List feeds")
+@router.get("/feeds", dependencies=[Depends(requires(Permission.VIEW, Scope.ANY))], summary="List feeds")
 async def list_feeds(request: Request) -> list[dict[str, Any]]:
-    return [feed_json(request, info) for info in await run_in_threadpool(feeds.list_feeds, _services(request))]
+    principal = current_principal(request)
+    listed = await run_in_threadpool(feeds.list_feeds, _services(request))
+    return [feed_json(request, info) for info in listed if principal.may(Permission.VIEW, info.name)]
 
 
-@router.post("/feeds", status_code=201, dependencies=[Depends(requires(Permission.ADMIN))], summary="Create a feed")
+@router.post(
+    "/feeds", status_code=201, dependencies=[Depends(requires(Permission.MANAGE_FEED))], summary="Create a feed"
+)
 async def create_feed(request: Request, body: FeedCreate) -> dict[str, Any]:
     info = await run_in_threadpool(
         lambda: feeds.create_feed(
@@ -83,7 +87,7 @@ async def show_feed(request: Request, feed: str) -> dict[str, Any]:
 @router.delete(
     "/feeds/{feed}",
     status_code=204,
-    dependencies=[Depends(requires(Permission.ADMIN))],
+    dependencies=[Depends(requires(Permission.MANAGE_FEED))],
     summary="Delete a feed and its packages",
 )
 async def delete_feed(request: Request, feed: str) -> Response:
@@ -146,12 +150,14 @@ async def feed_downloads(
 
 @router.get(
     "/connectors",
-    dependencies=[Depends(requires(Permission.VIEW))],
+    dependencies=[Depends(requires(Permission.VIEW, Scope.ANY))],
     tags=["connectors"],
     summary="List connectors to upstream channels",
 )
 async def list_connectors(request: Request) -> list[dict[str, Any]]:
-    return [asdict(info) for info in await run_in_threadpool(connectors.list_connectors, _services(request))]
+    principal = current_principal(request)
+    listed = await run_in_threadpool(connectors.list_connectors, _services(request))
+    return [_connector_json(principal, info) for info in listed]
 
 
 @router.post(
@@ -168,12 +174,20 @@ async def create_connector(request: Request, body: ConnectorCreate) -> dict[str,
 
 @router.get(
     "/connectors/{connector}",
-    dependencies=[Depends(requires(Permission.VIEW))],
+    dependencies=[Depends(requires(Permission.VIEW, Scope.ANY))],
     tags=["connectors"],
     summary="Show a connector and its health",
 )
 async def show_connector(request: Request, connector: str) -> dict[str, Any]:
-    return asdict(await run_in_threadpool(connectors.get_connector, _services(request), connector))
+    info = await run_in_threadpool(connectors.get_connector, _services(request), connector)
+    return _connector_json(current_principal(request), info)
+
+
+def _connector_json(principal: Principal, info: connectors.ConnectorInfo) -> dict[str, Any]:
+    """Feeds the caller may not see are left out, as everywhere."""
+    shown = asdict(info)
+    shown["feeds"] = principal.visible_feeds(list(info.feeds))
+    return shown
 
 
 @router.delete(

@@ -11,7 +11,6 @@ from typing import Any
 
 import swagger_ui_bundle
 from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -21,19 +20,33 @@ from condagate import __version__
 from condagate.security.permissions import Permission
 from condagate.services.context import Services
 from condagate.settings import Settings
-from condagate.web import api, channel, ui, uploads
+from condagate.web import api, api_security, channel, ui, uploads
 from condagate.web.access_log import AccessLogMiddleware
 from condagate.web.auth import requires
 from condagate.web.errors import install_error_handlers
+from condagate.web.guard import GuardMiddleware
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
 
 
-async def _flush_downloads_periodically(services: Services) -> None:
+async def _flush_periodically(services: Services) -> None:
     while True:
         await asyncio.sleep(services.settings.download_flush_seconds)
-        await run_in_threadpool(services.downloads.flush)
+        try:
+            await run_in_threadpool(services.flush)
+        except Exception:
+            log.exception("flushing counters failed; will retry")
+
+
+async def _follow_security_changes(services: Services) -> None:
+    """Other processes' changes to grants and keys reach this one within ``security_refresh_seconds``."""
+    while True:
+        await asyncio.sleep(services.access.refresh_seconds)
+        try:
+            await run_in_threadpool(services.access.refresh_if_changed)
+        except Exception:
+            log.exception("could not check the security revision; will retry")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -41,14 +54,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await run_in_threadpool(Services.open, settings)
         app.state.services = services
-        flusher = asyncio.create_task(_flush_downloads_periodically(services))
+        background = [
+            asyncio.create_task(_flush_periodically(services)),
+            asyncio.create_task(_follow_security_changes(services)),
+        ]
         log.info("condagate %s ready (database %s)", __version__, services.db.engine.url.render_as_string())
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.http_async.aclose()
             await run_in_threadpool(services.close)
 
@@ -71,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     app.include_router(api.router)
+    app.include_router(api_security.router)
     app.include_router(uploads.router)
     app.include_router(channel.router)
     app.include_router(channel.router, prefix="/t/{token}", include_in_schema=False)
@@ -81,14 +99,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/docs", include_in_schema=False, dependencies=[Depends(requires(Permission.PUBLIC))])
     async def api_docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/api/openapi.json",
-            title="condagate REST API",
-            swagger_js_url="/api/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/api/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/static/favicon.svg",
-        )
+        # No inline script (the Content-Security-Policy forbids it): the start-up code is a static file.
+        return HTMLResponse((HERE / "static" / "api-docs.html").read_text())
 
+    # The last one added runs first: the access log wraps the guard and sees its refusals too.
+    app.add_middleware(GuardMiddleware)
     app.add_middleware(AccessLogMiddleware)
     return app
 

@@ -1,68 +1,39 @@
-"""Credentials from every form the clients use, and the permission declaration each route carries."""
+"""The permission declaration each route carries, and the one authorization decision it makes.
+
+Who is asking was settled by ``web.guard`` before the route ran (``request.state.principal``);
+``Requires`` decides whether that principal may do this, on the feed named in the path when there
+is one. A test walks ``app.routes`` and fails on any route without a declaration.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hmac
 from urllib.parse import urlsplit
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
-from condagate.errors import AuthenticationRequired, PermissionDenied
-from condagate.security.permissions import ANONYMOUS, Permission, Principal, authorize
-from condagate.services.authentication import principal_for_key
+from condagate.errors import PermissionDenied
+from condagate.security.permissions import ANONYMOUS, Permission, Principal, Scope, authorize
 
-UI_COOKIE = "condagate_session"
-
-
-def presented_key(request: Request) -> str | None:
-    """The API key from X-API-Key / X-ApiKey, Bearer, Basic (any user, key as password),
-    a ``/t/KEY/`` path token, or the web UI's cookie, in that order."""
-    return _presented(request)[0]
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
 
 
-def _presented(request: Request) -> tuple[str | None, bool]:
-    """(key, whether it came from the UI cookie)."""
-    headers = request.headers
-    for header in ("x-api-key", "x-apikey"):
-        if headers.get(header):
-            return headers[header], False
-    authorization = headers.get("authorization", "")
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), False
-    if scheme.lower() == "basic" and value.strip():
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise AuthenticationRequired("the Basic authorization header is malformed") from exc
-        _user, _, password = decoded.partition(":")
-        return password or None, False
-    token = request.path_params.get("token")
-    if token:
-        return str(token), False
-    return request.cookies.get(UI_COOKIE) or None, True
-
-
-async def current_principal(request: Request) -> Principal:
-    cached = getattr(request.state, "principal", None)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    key, from_cookie = _presented(request)
-    try:
-        principal = (
-            ANONYMOUS if key is None else await run_in_threadpool(principal_for_key, request.app.state.services, key)
-        )
-    except AuthenticationRequired:
-        if not from_cookie:
-            raise
-        principal = ANONYMOUS  # a revoked key left in the browser: browse anonymously, log in again
-    request.state.principal = principal
+def current_principal(request: Request) -> Principal:
+    principal: Principal = getattr(request.state, "principal", None) or ANONYMOUS
     return principal
 
 
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+def _allowed_origins(request: Request) -> set[str]:
+    settings = request.app.state.services.settings
+    hosts = {request.headers.get("host", "")}
+    if settings.public_url:
+        hosts.add(urlsplit(settings.public_url).netloc)
+    forwarded_host = request.headers.get("x-forwarded-host")
+    if forwarded_host and request.state.client != (request.client.host if request.client else None):
+        hosts.add(forwarded_host)  # the guard believed this proxy: its Host is the one browsers see
+    return hosts
 
 
 def refuse_cross_site_writes(request: Request) -> None:
@@ -72,29 +43,48 @@ def refuse_cross_site_writes(request: Request) -> None:
         return
     origin = request.headers.get("origin")
     fetch_site = request.headers.get("sec-fetch-site")
-    host = request.headers.get("host", "")
-    cross_origin = origin is not None and origin != "null" and urlsplit(origin).netloc != host
+    cross_origin = origin is not None and origin != "null" and urlsplit(origin).netloc not in _allowed_origins(request)
     if cross_origin or origin == "null" or fetch_site in ("cross-site", "same-site"):
         raise PermissionDenied("a write from another site's page is refused (cross-site request)")
 
 
-class Requires:
-    """A route's permission declaration; ``tests`` walk the routes and fail on any without one."""
+async def check_csrf(request: Request, principal: Principal) -> None:
+    """A write with a web UI session cookie must carry the session's CSRF token (form field or header)."""
+    if principal.session_id is None or request.method in _SAFE_METHODS or principal.csrf_token is None:
+        return
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    if not sent or not hmac.compare_digest(sent.encode(), principal.csrf_token.encode()):
+        raise PermissionDenied("the form is out of date (missing or wrong CSRF token): reload the page and try again")
 
-    def __init__(self, permission: Permission) -> None:
+
+class Requires:
+    """A route's permission declaration. With a ``{feed}`` path parameter the permission must hold
+    on that feed; otherwise where ``scope`` says (system-wide, or on at least one feed)."""
+
+    def __init__(self, permission: Permission, scope: Scope = Scope.SYSTEM) -> None:
         self.permission = permission
+        self.scope = scope
 
     async def __call__(self, request: Request) -> Principal:
         refuse_cross_site_writes(request)
+        principal = current_principal(request)
         if self.permission == Permission.PUBLIC:
-            return ANONYMOUS
-        principal = await current_principal(request)
-        authorize(principal, self.permission, request.path_params.get("feed"))
+            await check_csrf(request, principal)
+            return principal
+        feed = request.path_params.get("feed")
+        scope = Scope.FEED if feed is not None else self.scope
+        authorize(principal, self.permission, scope, feed)
+        await check_csrf(request, principal)
         return principal
 
     def __repr__(self) -> str:
-        return f"Requires({self.permission.value})"
+        return f"Requires({self.permission.value}, {self.scope.value})"
 
 
-def requires(permission: Permission) -> Requires:
-    return Requires(permission)
+def requires(permission: Permission, scope: Scope = Scope.SYSTEM) -> Requires:
+    return Requires(permission, scope)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from condagate.errors import CondagateError
+from condagate.security.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def _wants_html(request: Request) -> bool:
 
 
 def error_response(request: Request, status: int, code: str, message: str) -> Response:
+    message = redact(message)
     if _wants_html(request):
         # No Basic challenge for a page: browsers would show their password dialog, not the login link.
         headers: dict[str, str] = {}
@@ -37,7 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CondagateError)
     async def condagate_error(request: Request, exc: CondagateError) -> Response:
         if exc.status_code >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+            log.error("%s %s failed: %s", request.method, redact(request.url.path), redact(exc.message))
         return error_response(request, exc.status_code, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)

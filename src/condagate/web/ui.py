@@ -12,11 +12,10 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from condagate.errors import BadRequest, CondagateError
-from condagate.security.permissions import Permission
-from condagate.services import catalog, connectors, feeds
-from condagate.services.authentication import principal_for_key
+from condagate.security.permissions import Permission, Scope
+from condagate.services import authentication, catalog, connectors, feeds, sessions
 from condagate.web import ui_connectors
-from condagate.web.auth import UI_COOKIE, current_principal, requires
+from condagate.web.auth import current_principal, requires
 from condagate.web.ui_common import daily_chart, render, services_of
 
 PAGE_SIZE = 25
@@ -34,10 +33,11 @@ def _local_path(target: str) -> str:
     return "/"
 
 
-@router.get("/", dependencies=[Depends(requires(Permission.VIEW))])
+@router.get("/", dependencies=[Depends(requires(Permission.VIEW, Scope.ANY))])
 async def feeds_page(request: Request) -> Response:
+    principal = current_principal(request)
     items = await run_in_threadpool(feeds.list_feeds, services_of(request))
-    return render(request, "feeds.html", {"feeds": items})
+    return render(request, "feeds.html", {"feeds": [i for i in items if principal.may(Permission.VIEW, i.name)]})
 
 
 def _wizard(request: Request, values: dict[str, str], *, error: str | None = None, status_code: int = 200) -> Response:
@@ -47,13 +47,13 @@ def _wizard(request: Request, values: dict[str, str], *, error: str | None = Non
     return render(request, "feed_new.html", {"error": error, "connectors": listed, **form}, status_code=status_code)
 
 
-@router.get("/feeds/new", dependencies=[Depends(requires(Permission.ADMIN))])
+@router.get("/feeds/new", dependencies=[Depends(requires(Permission.MANAGE_FEED))])
 async def new_feed_page(request: Request, connector: str = "") -> Response:
     values = {"kind": "proxy", "connector": connector} if connector else {}
     return await run_in_threadpool(lambda: _wizard(request, values))
 
 
-@router.post("/feeds/new", dependencies=[Depends(requires(Permission.ADMIN))])
+@router.post("/feeds/new", dependencies=[Depends(requires(Permission.MANAGE_FEED))])
 async def create_feed(
     request: Request,
     name: str = Form(""),
@@ -120,35 +120,53 @@ async def package_page(request: Request, feed: str, name: str) -> Response:
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
 async def login_page(request: Request, then: str = Query("/", alias="next")) -> Response:
-    try:
-        principal = await current_principal(request)
-    except CondagateError:  # a stale cookie: the form is how to replace it
-        principal = None
-    return render(request, "login.html", {"error": None, "principal": principal, "next": _local_path(then)})
+    return render(request, "login.html", {"error": None, "next": _local_path(then), "user": ""})
 
 
 @router.post("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
-async def login(request: Request, api_key: str = Form(""), then: str = Form("/", alias="next")) -> Response:
+async def login(
+    request: Request,
+    user: str = Form(""),
+    password: str = Form(""),
+    api_key: str = Form(""),
+    then: str = Form("/", alias="next"),
+) -> Response:
+    """Log in with a user name and password, or with an API key: a server-side session starts."""
+    services = services_of(request)
     target = _local_path(then)
-    try:
-        principal = await run_in_threadpool(principal_for_key, services_of(request), api_key.strip())
-    except CondagateError as exc:
-        return render(request, "login.html", {"error": exc.message, "principal": None, "next": target}, status_code=401)
-    if not principal.authenticated:
+    client = request.state.client
+
+    def refuse(message: str, status_code: int) -> Response:
         return render(
-            request, "login.html", {"error": "enter an API key", "principal": None, "next": target}, status_code=400
+            request, "login.html", {"error": message, "next": target, "user": user[:200]}, status_code=status_code
         )
+
+    try:
+        principal = await run_in_threadpool(
+            authentication.log_in, services, client=client, user=user.strip(), password=password,
+            api_key=api_key.strip(),
+        )
+    except CondagateError as exc:
+        return refuse(exc.message, exc.status_code)
+    session_id = await run_in_threadpool(sessions.start_session, services, principal)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
-        UI_COOKIE, api_key.strip(), httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        sessions.SESSION_COOKIE,
+        session_id,
+        max_age=int(services.settings.session_hours * 3600),
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
     )
     return response
 
 
 @router.post("/logout", dependencies=[Depends(requires(Permission.PUBLIC))])
 async def logout(request: Request) -> Response:
+    await run_in_threadpool(sessions.end_session, services_of(request), current_principal(request))
     response = RedirectResponse("/", status_code=303)
-    response.delete_cookie(UI_COOKIE)
+    response.delete_cookie(sessions.SESSION_COOKIE, path="/")
     return response
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from condagate.errors import BadRequest, CondagateError
-from condagate.security.permissions import Permission
+from condagate.security.permissions import Permission, Scope
 from condagate.services import catalog, connectors
 from condagate.web.auth import requires
 from condagate.web.ui_common import render, services_of
@@ -54,7 +54,7 @@ def _list_page(
     )
 
 
-@router.get("/connectors", dependencies=[Depends(requires(Permission.VIEW))])
+@router.get("/connectors", dependencies=[Depends(requires(Permission.VIEW, Scope.ANY))])
 async def connectors_page(request: Request) -> Response:
     return await run_in_threadpool(lambda: _list_page(request))
 
@@ -109,7 +109,7 @@ async def create_connector(
     return await run_in_threadpool(create)
 
 
-@router.get("/connectors/{connector}", dependencies=[Depends(requires(Permission.VIEW))])
+@router.get("/connectors/{connector}", dependencies=[Depends(requires(Permission.VIEW, Scope.ANY))])
 async def connector_page(request: Request, connector: str, refreshed: str = "") -> Response:
     info = await run_in_threadpool(connectors.get_connector, services_of(request), connector)
     context: dict[str, Any] = {"connector": info, "refreshed": refreshed if refreshed in ("ok", "failed") else ""}

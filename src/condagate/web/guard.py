@@ -1,0 +1,283 @@
+"""Every request passes here before any route reads its body: who is asking (credentials in every
+form clients send), how large and how slow a body may be, and the security headers of the answer.
+
+Credentials are resolved from the in-memory security snapshot (``services.access``): a key costs a
+sha256 and a dictionary lookup; a password is verified with argon2 once and then remembered for a
+few minutes; only a web UI session cookie reads the database. Wrong credentials answer 401 before
+the body is read, and count towards the client address's failure limit (429 beyond it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from condagate.security.permissions import Permission, Principal
+from condagate.services.context import Services
+from condagate.services.sessions import SESSION_COOKIE, principal_for_session
+from condagate.web.problems import error_body, error_headers
+
+# Routes that take package bodies (up to the upload limit); everything else takes small JSON or forms.
+_UPLOAD_ROUTES = [
+    ("POST", re.compile(r"/api/feeds/[^/]+/upload/[^/]+")),
+    ("POST", re.compile(r"/api/channels/[^/]+/upload/[^/]+")),
+    ("POST", re.compile(r"/api/v1/upload/[^/]+")),
+    ("PUT", re.compile(r"(?:/t/[^/]+)?/conda/[^/]+/[^/]+/[^/]+")),
+]
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Anonymous writes that need no credentials: logging in and out.
+_ANONYMOUS_WRITES = frozenset({"/login", "/logout"})
+_MAX_CREDENTIAL_LENGTH = 4096
+_TOKEN_PATH = re.compile(r"/t/([^/]*)(/|$)")
+# A user name in Basic auth that means "the password is an API key".
+_KEY_USERS = frozenset({"", "api", "token", "apikey", "api-key", "__token__", "x-api-key"})
+
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+_ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+_HTML_ONLY = [(b"content-security-policy", _CSP.encode()), (b"x-frame-options", b"DENY")]
+
+
+class BadCredentials(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _is_upload(method: str, path: str) -> bool:
+    return any(method == m and pattern.fullmatch(path) for m, pattern in _UPLOAD_ROUTES)
+
+
+class TrustedProxies:
+    def __init__(self, spec: str) -> None:
+        self._networks = [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
+
+    def client_of(self, peer: str, forwarded_for: str | None) -> str:
+        """The first address, from the right, that is not one of our proxies."""
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+            if not self.trusts(hop):
+                return hop[:64]
+        return peer
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._proxies: TrustedProxies | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services: Services = scope["app"].state.services
+        settings = services.settings
+        if self._proxies is None:
+            self._proxies = TrustedProxies(settings.trusted_proxies)
+        state = scope.setdefault("state", {})
+        peer = (scope.get("client") or ("-", 0))[0]
+        trusted_peer = bool(self._proxies) and self._proxies.trusts(peer)
+        state["client"] = self._proxies.client_of(peer, _header(scope, b"x-forwarded-for")) if trusted_peer else peer
+        if trusted_peer and (_header(scope, b"x-forwarded-proto") or "").lower() == "https" or settings.public_url.startswith("https://"):
+            scope["scheme"] = "https"
+        send = _with_security_headers(send)
+        method, path = scope["method"], scope["path"]
+
+        try:
+            principal = await self._authenticate(services, scope, state["client"])
+        except BadCredentials as exc:
+            await _answer(send, 401, "authentication_required", exc.message)
+            return
+        except _TooManyFailures as exc:
+            await _answer(send, 429, "too_many_failures", str(exc), {"retry-after": str(exc.retry_after)})
+            return
+        state["principal"] = principal
+
+        if method in _SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        if not principal.authenticated and path not in _ANONYMOUS_WRITES and not _anonymous_may_write(principal):
+            # Before a single byte of the body is read: an anonymous body costs nothing.
+            message = "this needs credentials: send an API key, or a user name and password"
+            await _answer(send, 401, "authentication_required", message)
+            return
+        if _is_upload(method, path):
+            limit, deadline, idle = settings.max_upload_bytes, None, settings.upload_idle_seconds
+        else:
+            limit, deadline = settings.max_body_bytes, settings.body_timeout_seconds
+            idle = deadline
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            message = f"the request body exceeds this route's limit of {limit} bytes"
+            await _answer(send, 413, "payload_too_large", message)
+            return
+        await self.app(scope, _bounded_receive(receive, limit, deadline, idle), send)
+
+    async def _authenticate(self, services: Services, scope: Scope, client: str) -> Principal:
+        access = services.access
+        key, user, password = _presented(scope)
+        if key is None and user is None:
+            cookie = _cookie(scope, SESSION_COOKIE)
+            if cookie:
+                found = await run_in_threadpool(principal_for_session, services, cookie)
+                if found is not None:
+                    return found
+            return access.anonymous
+        wait = services.failed_logins.retry_after(client)
+        if wait:
+            raise _TooManyFailures(wait)
+        if key is not None:
+            principal = access.principal_for_key(key)
+        else:
+            assert user is not None and password is not None
+            principal = access.principal_for_key(password) if user.lower() in _KEY_USERS else None
+            if principal is None and user.lower() not in _KEY_USERS:
+                principal = access.cached_password_principal(user, password) or await run_in_threadpool(
+                    access.principal_for_password, user, password
+                )
+        if principal is None:
+            services.failed_logins.failed(client)
+            raise BadCredentials(
+                "the API key is not valid (revoked, expired or mistyped)"
+                if key is not None or (user or "").lower() in _KEY_USERS
+                else "the user name or password is wrong"
+            )
+        return principal
+
+
+class _TooManyFailures(Exception):
+    def __init__(self, wait: float) -> None:
+        self.retry_after = max(1, int(wait + 0.999))
+        super().__init__(f"too many wrong credentials from this address: try again in {self.retry_after} s")
+
+
+def _anonymous_may_write(principal: Principal) -> bool:
+    """Whether anonymous callers were granted anything beyond viewing (unusual, but allowed)."""
+    granted = set(principal.system).union(*principal.feeds.values()) if principal.feeds else set(principal.system)
+    return bool(granted - {Permission.VIEW})
+
+
+def _presented(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """(key, user, password) from X-API-Key / X-ApiKey, Bearer, Basic, or a ``/t/KEY/`` path."""
+    for name in (b"x-api-key", b"x-apikey"):
+        value = _header(scope, name)
+        if value:
+            return _bounded(value.strip()), None, None
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and value:
+            return _bounded(value), None, None
+        if scheme.lower() == "basic" and value:
+            try:
+                decoded = base64.b64decode(_bounded(value), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise BadCredentials("the Basic authorization header is not base64 of user:password") from exc
+            user, sep, password = decoded.partition(":")
+            if not sep or not password:
+                raise BadCredentials("the Basic authorization header has no password (send user:password or api:KEY)")
+            return None, user, password
+        if scheme.lower() not in ("bearer", "basic"):
+            raise BadCredentials(f"unsupported authorization scheme {scheme[:20]!r}: use Basic or Bearer")
+    match = _TOKEN_PATH.match(scope["path"])
+    if match:
+        return _bounded(match.group(1)), None, None
+    return None, None, None
+
+
+def _bounded(value: str) -> str:
+    if len(value) > _MAX_CREDENTIAL_LENGTH:
+        raise BadCredentials("the credentials are too long")
+    return value
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    raw = _header(scope, b"cookie")
+    if not raw:
+        return None
+    for part in raw.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value[:200]
+    return None
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.extend(_ALWAYS)
+            content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+            if content_type.startswith(b"text/html"):
+                headers.extend(_HTML_ONLY)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped
+
+
+async def _answer(send: Send, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
+    body = error_body(code, message)
+    await send({"type": "http.response.start", "status": status, "headers": error_headers(status, body, extra)})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _bounded_receive(
+    receive: Receive, limit: int, deadline: float | None, idle: float
+) -> Callable[[], Awaitable[Message]]:
+    """A body of at most ``limit`` bytes that arrives whole within ``deadline`` seconds (small bodies)
+    and never pauses longer than ``idle`` seconds (uploads): 413 or 408 otherwise, raised as the
+    framework's HTTPException so that any route reading the body answers it cleanly."""
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + deadline if deadline is not None else None
+    received = 0
+    complete = False
+
+    async def bounded() -> Message:
+        nonlocal received, complete
+        if complete:  # the body is in; later calls wait for a disconnect, as long as the answer takes
+            return await receive()
+        timeout = idle if ends_at is None else max(0.0, min(idle, ends_at - loop.time()))
+        try:
+            message: dict[str, Any] = dict(await asyncio.wait_for(receive(), timeout))
+        except TimeoutError:
+            raise HTTPException(408, "the request body did not arrive in time") from None
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"the request body exceeds this route's limit of {limit} bytes")
+            complete = not message.get("more_body", False)
+        return message
+
+    return bounded
