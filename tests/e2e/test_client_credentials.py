@@ -46,7 +46,7 @@ PASSWORD = "correct:horse/battery@staple%42"
 KEY_PATTERN = re.compile(r"[A-Za-z0-9-]+")  # conda's /t/TOKEN/ pattern is /t/([a-zA-Z0-9-]*)
 APP = "secret-app"
 LIB = "libsecret"
-EXPECTED = [f"{APP}=1.0=py_0", f"{LIB}=2.0=h0_0"]
+EXPECTED = sorted([f"{APP}=1.0=py_0", f"{LIB}=2.0=h0_0"])
 
 
 @dataclass

@@ -245,6 +245,7 @@ class DownloadStatistics:
     total: int
     top_packages: list[tuple[str, int]]
     per_day: list[tuple[str, int]]
+    top_downloaders: list[tuple[str, int]] = field(default_factory=list)  # user, key or anonymous
 
 
 def download_statistics(services: Services, *, feed: str, days: int = 30, top: int = 20) -> DownloadStatistics:
@@ -253,8 +254,13 @@ def download_statistics(services: Services, *, feed: str, days: int = 30, top: i
     with services.db.read() as session:
         top_packages = download_store.top_packages(session=session, feed_id=feed_ref.id, since=since, limit=top)
         per_day = download_store.per_day(session=session, feed_id=feed_ref.id, since=since)
+        downloaders = download_store.top_downloaders(session=session, feed_id=feed_ref.id, since=since, limit=top)
     return DownloadStatistics(
-        days, sum(c for _, c in per_day), top_packages, [(day.isoformat(), count) for day, count in per_day]
+        days,
+        sum(c for _, c in per_day),
+        top_packages,
+        [(day.isoformat(), count) for day, count in per_day],
+        downloaders,
     )
 
 

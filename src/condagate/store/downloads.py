@@ -9,9 +9,10 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from condagate.store.models import DownloadCount, Feed
+from condagate.store.models import DownloadCount, Feed, PrincipalDownload
 
 CounterKey = tuple[int, str, str, str, date]  # feed id, subdir, file name, package name, day
+PrincipalKey = tuple[int, str, str, date]  # feed id, file name, who (user, key or anonymous), day
 
 
 def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None:
@@ -31,6 +32,36 @@ def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None
                 set_={"count": DownloadCount.count + statement.excluded.count},
             )
         )
+
+
+def add_principal_downloads(*, session: Session, counts: Mapping[PrincipalKey, int]) -> None:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    feed_ids = {key[0] for key in counts}
+    existing = set(session.scalars(select(Feed.id).where(Feed.id.in_(feed_ids)))) if feed_ids else set()
+    for (feed_id, filename, principal, day), count in sorted(counts.items()):
+        if feed_id not in existing:
+            continue
+        statement = insert(PrincipalDownload).values(
+            feed_id=feed_id, filename=filename, principal=principal, day=day, count=count
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["feed_id", "filename", "day", "principal"],
+                set_={"count": PrincipalDownload.count + statement.excluded.count},
+            )
+        )
+
+
+def top_downloaders(*, session: Session, feed_id: int, since: date, limit: int) -> list[tuple[str, int]]:
+    total = func.sum(PrincipalDownload.count)
+    rows = session.execute(
+        select(PrincipalDownload.principal, total)
+        .where(PrincipalDownload.feed_id == feed_id, PrincipalDownload.day >= since)
+        .group_by(PrincipalDownload.principal)
+        .order_by(total.desc(), PrincipalDownload.principal)
+        .limit(limit)
+    )
+    return [(principal, int(count)) for principal, count in rows]
 
 
 def downloads_by_file(*, session: Session, feed_id: int, filenames: list[str]) -> dict[tuple[str, str], int]:

@@ -145,6 +145,7 @@ async def feed_downloads(
         "total": stats.total,
         "top_packages": [{"name": name, "downloads": count} for name, count in stats.top_packages],
         "per_day": [{"day": day, "downloads": count} for day, count in stats.per_day],
+        "top_downloaders": [{"principal": who, "downloads": count} for who, count in stats.top_downloaders],
     }
 
 

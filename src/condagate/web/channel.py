@@ -117,7 +117,9 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         found_or_stream = await open_upstream(services, found)
         if not isinstance(found_or_stream, channel.PackageBlob):
             if not request.query_params.get("mirror"):
-                services.downloads.record(feed_id=found.feed_id, subdir=subdir, filename=filename)
+                services.downloads.record(
+                    feed_id=found.feed_id, subdir=subdir, filename=filename, principal=request.state.principal.name
+                )
             headers = {"cache-control": IMMUTABLE_CACHE_CONTROL}
             if found_or_stream.size is not None:
                 headers["content-length"] = str(found_or_stream.size)
@@ -130,7 +132,9 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         and _is_whole_download(request)
         and not request.query_params.get("mirror")
     ):
-        services.downloads.record(feed_id=found.feed_id, subdir=subdir, filename=filename)
+        services.downloads.record(
+            feed_id=found.feed_id, subdir=subdir, filename=filename, principal=request.state.principal.name
+        )
     return response
 
 

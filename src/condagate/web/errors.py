@@ -14,6 +14,7 @@ from condagate.security.redact import redact
 
 log = logging.getLogger(__name__)
 
+_HTTP_CODES = {408: "request_timeout", 413: "payload_too_large", 405: "method_not_allowed"}
 _MACHINE_PREFIXES = ("/api", "/conda", "/t/", "/health")
 
 
@@ -53,4 +54,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail) if exc.status_code != 404 else f"nothing at {request.url.path}"
-        return error_response(request, exc.status_code, "http_error", message)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(request, exc.status_code, code, message)

@@ -37,6 +37,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Anonymous writes that need no credentials: logging in and out.
 _ANONYMOUS_WRITES = frozenset({"/login", "/logout"})
 _MAX_CREDENTIAL_LENGTH = 4096
+_UPLOAD_FRAMING = 1024 * 1024
 _TOKEN_PATH = re.compile(r"/t/([^/]*)(/|$)")
 # A user name in Basic auth that means "the password is an API key".
 _KEY_USERS = frozenset({"", "api", "token", "apikey", "api-key", "__token__", "x-api-key"})
@@ -132,7 +133,9 @@ class GuardMiddleware:
             await _answer(send, 401, "authentication_required", message)
             return
         if _is_upload(method, path):
-            limit, deadline, idle = settings.max_upload_bytes, None, settings.upload_idle_seconds
+            # The upload code checks the package's own limit with a precise message; this is the outer
+            # net, with room for multipart framing.
+            limit, deadline, idle = settings.max_upload_bytes + _UPLOAD_FRAMING, None, settings.upload_idle_seconds
         else:
             limit, deadline = settings.max_body_bytes, settings.body_timeout_seconds
             idle = deadline
