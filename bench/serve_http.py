@@ -132,10 +132,12 @@ def wrk(url: str, options: list[str], seconds: int) -> tuple[float, str, str]:
     return float(rate.group(1)), latency.group(1) if latency else "?", "; ".join(errors)
 
 
-def measure(name: str, pid: int, url: str, resource: str, size: int, seconds: int, results: Results) -> None:
+def measure(name: str, pid: int, url: str, resource: str, size: int, seconds: int, results: Results,
+            headers: list[str] | None = None) -> None:
+    extra = [option for header in headers or [] for option in ("-H", header)]
     for connections, options in LOADS:
         cpu_before, started = common.cpu_seconds(pid), time.perf_counter()
-        rate, latency, errors = wrk(url, options, seconds)
+        rate, latency, errors = wrk(url, [*options, *extra], seconds)
         cores = (common.cpu_seconds(pid) - cpu_before) / (time.perf_counter() - started)
         load = Load(name, resource, connections, rate, rate * size / 1e6, latency, cores, errors)
         results.loads.append(load)
@@ -188,11 +190,19 @@ def run(records: int = 2000, duration: int = 5, quiet_variant: bool = True, keep
                     raise RuntimeError(f"nginx does not serve {path} as condagate does: "
                                        f"{response.status_code}")
 
-        targets = [("condagate", server.process.pid, server.url), ("nginx", nginx.pid, nginx_url)]
+        with server.admin() as admin:
+            created = admin.post("/api/apikeys", json={"feeds": [FEED], "permissions": ["view"]})
+            created.raise_for_status()
+            key_header = [f"X-API-Key: {created.json()['key']}"]
+        targets = [
+            ("condagate", server.process.pid, server.url, None),
+            ("condagate, API key", server.process.pid, server.url, key_header),
+            ("nginx", nginx.pid, nginx_url, None),
+        ]
         for resource, path in resources.items():
-            for name, pid, base in targets:
+            for name, pid, base, headers in targets:
                 wrk(base + path, ["-t2", "-c64"], 1)  # warm-up, not counted
-                measure(name, pid, base + path, resource, results.sizes[resource], duration, results)
+                measure(name, pid, base + path, resource, results.sizes[resource], duration, results, headers)
         if quiet_variant:
             # The same condagate without its per-request access log line (log level warning).
             server.stop()

@@ -31,8 +31,8 @@ def _allowed_origins(request: Request) -> set[str]:
     if settings.public_url:
         hosts.add(urlsplit(settings.public_url).netloc)
     forwarded_host = request.headers.get("x-forwarded-host")
-    if forwarded_host and request.state.client != (request.client.host if request.client else None):
-        hosts.add(forwarded_host)  # the guard believed this proxy: its Host is the one browsers see
+    if forwarded_host and getattr(request.state, "via_proxy", False):
+        hosts.add(forwarded_host)  # from a trusted proxy: the Host that browsers see
     return hosts
 
 

@@ -109,6 +109,7 @@ class GuardMiddleware:
         peer = (scope.get("client") or ("-", 0))[0]
         trusted_peer = bool(self._proxies) and self._proxies.trusts(peer)
         state["client"] = self._proxies.client_of(peer, _header(scope, b"x-forwarded-for")) if trusted_peer else peer
+        state["via_proxy"] = trusted_peer
         if trusted_peer and (_header(scope, b"x-forwarded-proto") or "").lower() == "https" or settings.public_url.startswith("https://"):
             scope["scheme"] = "https"
         send = _with_security_headers(send)
