@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -40,6 +40,7 @@ class ApiClient:
         return response.json()
 
 
-def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+def fail(message: str) -> NoReturn:
+    """One unwrapped line on stderr (scripts grep it), then exit 1."""
+    err.print(f"[red]error:[/red] {' '.join(message.split())}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from condagate.cli import connectors, feeds
+from condagate.cli import admin, connectors, feeds, security
 from condagate.cli.mirror import mirror
 from condagate.cli.serve import serve
 from condagate.cli.upload import upload
@@ -17,6 +17,11 @@ app.command("upload")(upload)
 app.command("mirror")(mirror)
 app.add_typer(feeds.app, name="feed")
 app.add_typer(connectors.app, name="connector")
+app.add_typer(security.users, name="user")
+app.add_typer(security.groups, name="group")
+app.add_typer(security.grants, name="grant")
+app.add_typer(security.apikeys, name="apikey")
+app.add_typer(admin.app, name="admin")
 
 
 def main() -> None:

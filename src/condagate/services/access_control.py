@@ -70,6 +70,7 @@ class Snapshot:
     revision: int = -1
     anonymous: Principal = ANONYMOUS
     keys: dict[str, KeyEntry] = field(default_factory=dict)  # sha256 of the key -> entry
+    keys_by_id: dict[int, KeyEntry] = field(default_factory=dict)
     users: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # lower-case name -> (id, hash)
     user_principals: dict[int, Principal] = field(default_factory=dict)
     feed_names: frozenset[str] = frozenset()
@@ -124,7 +125,15 @@ def _build(rows: security_store.SecurityRows) -> Snapshot:
     for key, feed_ids in rows.keys:
         keys[key.key_hash] = KeyEntry(key.id, _key_principal(key, feed_ids, rows, user_grants, anonymous_grants),
                                       key.expires_at)
-    return Snapshot(rows.revision, anonymous, keys, users, user_principals, frozenset(rows.feeds.values()))
+    return Snapshot(
+        rows.revision,
+        anonymous,
+        keys,
+        {entry.id: entry for entry in keys.values()},
+        users,
+        user_principals,
+        frozenset(rows.feeds.values()),
+    )
 
 
 def _key_principal(
@@ -228,7 +237,7 @@ class AccessControl:
         return self._snapshot.user_principals.get(user_id)
 
     def principal_for_key_id(self, key_id: int) -> Principal | None:
-        entry = next((e for e in self._snapshot.keys.values() if e.id == key_id), None)
+        entry = self._snapshot.keys_by_id.get(key_id)
         if entry is None or (entry.expires_at is not None and _aware(entry.expires_at) <= datetime.now(UTC)):
             return None
         return entry.principal
