@@ -42,6 +42,8 @@ class Settings:
     secret_key: str = ""  # encrypts upstream credentials; default: DATA_DIR/secret.key
     session_hours: float = 12.0
     failed_auth_limit: int = 20  # wrong keys or passwords per client address and minute before 429
+    max_connections: int = 10000  # concurrent requests per worker (bounded by the open-file limit)
+    header_timeout_seconds: float = 5.0  # a request's line and headers must arrive within this time
     access_log_days: int = 90
 
     @property

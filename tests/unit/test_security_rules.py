@@ -114,12 +114,14 @@ def test_authorize_decides_401_403_404():
         authorize(everyone, Permission.ADD, Scope.FEED, "anything")
 
 
-def test_failure_limiter_refuses_after_the_limit_and_forgets_on_success():
+def test_failure_limiter_counts_attempts_before_checking_them():
     limiter = FailureLimiter(limit=3, window=60)
-    for _ in range(3):
-        assert limiter.retry_after("10.0.0.1") == 0
-        limiter.failed("10.0.0.1")
-    assert 0 < limiter.retry_after("10.0.0.1") <= 60
-    assert limiter.retry_after("10.0.0.2") == 0
-    limiter.succeeded("10.0.0.1")
-    assert limiter.retry_after("10.0.0.1") == 0
+    # three concurrent attempts are all counted before any of them is checked
+    assert [limiter.attempt("192.0.2.1") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert 0 < limiter.attempt("192.0.2.1") <= 60
+    assert limiter.attempt("192.0.2.2") == 0
+    # a success takes back only its own attempt: one right key does not wipe earlier failures
+    limiter.forgive("192.0.2.2")
+    limiter.forgive("192.0.2.1")
+    assert limiter.attempt("192.0.2.1") == 0.0
+    assert limiter.attempt("192.0.2.1") > 0

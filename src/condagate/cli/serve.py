@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -29,6 +30,7 @@ def serve(
     """Start the condagate server (SQLite and a local folder unless configured otherwise)."""
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     from condagate.logs import configure_logging
     from condagate.services.bootstrap import ensure_admin_key, housekeeping
@@ -65,6 +67,7 @@ def serve(
         )
     err.print(f"condagate listening on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
     os.environ.update(settings.to_env())
+    concurrent = _concurrent_requests_per_worker(settings)
     Granian(
         "condagate.web.app:create_app_from_env",
         address=settings.host,
@@ -74,4 +77,24 @@ def serve(
         workers=settings.workers,
         log_level=settings.log_level,  # type: ignore[arg-type]
         workers_kill_timeout=60,
+        # Room for many slow or idle clients per worker (granian's default, 1024, is what a slowloris
+        # attacker fills), and a short deadline for a request's head (the default is 30 s).
+        backlog=4096,
+        backpressure=concurrent,
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_seconds * 1000)),
     ).serve()
+
+
+def _concurrent_requests_per_worker(settings: Settings) -> int:
+    """``CONDAGATE_MAX_CONNECTIONS`` per worker, within what the open-file limit allows (raised to
+    its hard limit first): every connection is a file descriptor, and the database and blobs need some."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    available = max(256, (soft - 256) // max(1, settings.workers))
+    return max(64, min(settings.max_connections, available))

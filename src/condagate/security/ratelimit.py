@@ -27,19 +27,38 @@ class FailureLimiter:
                 return 0.0
             return max(0.0, times[0] + self.window - now)
 
+    def attempt(self, subject: str) -> float:
+        """Count an attempt as a failure before it is checked (so that concurrent attempts cannot
+        all slip under the limit); ``forgive`` takes it back when it succeeds. Returns the seconds to
+        wait, without counting, when the subject is over the limit."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(subject, now)
+            if len(times) >= self.limit:
+                return max(0.001, times[0] + self.window - now)
+            times.append(now)
+            self._remember(subject, times)
+            return 0.0
+
+    def forgive(self, subject: str) -> None:
+        """Take back the last counted attempt (it succeeded); earlier failures still count."""
+        with self._lock:
+            times = self._failures.get(subject)
+            if times:
+                times.pop()
+
     def failed(self, subject: str) -> None:
         now = time.monotonic()
         with self._lock:
             times = self._recent(subject, now)
             times.append(now)
-            self._failures[subject] = times
-            self._failures.move_to_end(subject)
-            while len(self._failures) > self._max_subjects:
-                self._failures.popitem(last=False)
+            self._remember(subject, times)
 
-    def succeeded(self, subject: str) -> None:
-        with self._lock:
-            self._failures.pop(subject, None)
+    def _remember(self, subject: str, times: list[float]) -> None:
+        self._failures[subject] = times
+        self._failures.move_to_end(subject)
+        while len(self._failures) > self._max_subjects:
+            self._failures.popitem(last=False)
 
     def _recent(self, subject: str, now: float) -> list[float]:
         return [t for t in self._failures.get(subject, []) if t > now - self.window]

@@ -10,7 +10,8 @@ _PATTERNS = [
     # credentials in a URL: scheme://user:password@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:\"'<>]*:[^/@\s\"'<>]*@"), r"\1***:***@"),
     # header values written into text
-    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=:-]{4,}"), r"\1\2***"),
+    # (a secret-like value: 8+ characters with a digit or a base64 sign, so that prose is left alone)
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)(?=[A-Za-z._~:-]*[0-9+/=])[A-Za-z0-9._~+/=:-]{8,}"), r"\1\2***"),
     (re.compile(r"(?i)\b(x-api-?key|authorization|cookie)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"), r"\1\2***"),
     # query parameters that carry secrets
     (re.compile(r"(?i)([?&](?:api_?key|token|password|key|session)=)[^&\s\"'#]+"), r"\1***"),

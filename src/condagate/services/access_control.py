@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from condagate.errors import CondagateError
 from condagate.security.apikeys import hash_key
 from condagate.security.passwords import verify_password
 from condagate.security.permissions import ANONYMOUS, Permission, Principal, expand
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 
 Grants = tuple[frozenset[Permission], dict[str, frozenset[Permission]]]  # system-wide, per feed name
 PASSWORD_CACHE_SECONDS = 300.0
+# argon2 takes 64 MiB and tens of milliseconds per check: at most this many run at once per process.
+CONCURRENT_PASSWORD_CHECKS = 2
+_PASSWORD_CHECK_WAIT_SECONDS = 10.0
+
+
+class PasswordChecksBusy(CondagateError):
+    status_code = 503
+    code = "busy"
 _PASSWORD_CACHE_LIMIT = 10_000
 
 
@@ -165,6 +174,7 @@ class AccessControl:
         self._checked_at = 0.0
         self._pepper = secrets.token_bytes(32)  # keys the password cache: nothing outside this process can use it
         self._verified: dict[tuple[int, bytes], float] = {}
+        self._password_checks = threading.BoundedSemaphore(CONCURRENT_PASSWORD_CHECKS)
         self._last_used: dict[int, datetime] = {}
         self.on_change: list[Callable[[], None]] = []
 
@@ -226,7 +236,13 @@ class AccessControl:
         if cached is not None:
             return cached
         user_id, stored = self._snapshot.users.get(user.lower(), (None, None))
-        if not verify_password(password, stored) or user_id is None:
+        if not self._password_checks.acquire(timeout=_PASSWORD_CHECK_WAIT_SECONDS):
+            raise PasswordChecksBusy("too many password checks at once: try again in a few seconds")
+        try:
+            verified = verify_password(password, stored)
+        finally:
+            self._password_checks.release()
+        if not verified or user_id is None:
             return None
         if len(self._verified) >= _PASSWORD_CACHE_LIMIT:
             self._verified.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -96,6 +97,9 @@ def _validate(spec: ConnectorSpec) -> None:
         raise BadRequest(f"connector URL {spec.url!r} must be an http(s) channel URL")
     if parts.username or parts.password:
         raise BadRequest("put credentials in username/password or token, not in the URL")
+    if re.search(r"(?i)/t/[^/]+", parts.path) or parts.query or parts.fragment:
+        # anaconda.org's /t/TOKEN/ form or a ?token=: it would be stored and shown in clear
+        raise BadRequest("put the token in the token field, not in the URL (no /t/TOKEN/, no query string)")
     for subdir in spec.subdirs:
         require_known_subdir(subdir)
     for pattern in [*spec.include, *spec.exclude]:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from condagate.security.permissions import Permission, Principal
+from condagate.services.access_control import PasswordChecksBusy
 from condagate.services.context import Services
 from condagate.services.sessions import SESSION_COOKIE, principal_for_session
 from condagate.web.problems import error_body, error_headers
@@ -34,8 +35,8 @@ _UPLOAD_ROUTES = [
     ("PUT", re.compile(r"(?:/t/[^/]+)?/conda/[^/]+/[^/]+/[^/]+")),
 ]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Anonymous writes that need no credentials: logging in and out.
-_ANONYMOUS_WRITES = frozenset({"/login", "/logout"})
+# Writes that callers who may only view still make: logging in and out, their own API keys.
+_READ_ONLY_WRITES = re.compile(r"/login|/logout|/api/apikeys(?:/[0-9]+)?")
 _MAX_CREDENTIAL_LENGTH = 4096
 _UPLOAD_FRAMING = 1024 * 1024
 _TOKEN_PATH = re.compile(r"/t/([^/]*)(/|$)")
@@ -123,15 +124,22 @@ class GuardMiddleware:
         except _TooManyFailures as exc:
             await _answer(send, 429, "too_many_failures", str(exc), {"retry-after": str(exc.retry_after)})
             return
+        except PasswordChecksBusy as exc:
+            await _answer(send, 503, exc.code, exc.message, {"retry-after": "2"})
+            return
         state["principal"] = principal
 
         if method in _SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        if not principal.authenticated and path not in _ANONYMOUS_WRITES and not _anonymous_may_write(principal):
-            # Before a single byte of the body is read: an anonymous body costs nothing.
-            message = "this needs credentials: send an API key, or a user name and password"
-            await _answer(send, 401, "authentication_required", message)
+        if not _may_write_somewhere(principal) and not _READ_ONLY_WRITES.fullmatch(path):
+            # Before a single byte of the body is read: a body from a caller who may change nothing
+            # (anonymous, a read-only key) costs nothing.
+            if principal.authenticated:
+                await _answer(send, 403, "permission_denied", f"{principal.name} may only view and download")
+            else:
+                message = "this needs credentials: send an API key, or a user name and password"
+                await _answer(send, 401, "authentication_required", message)
             return
         if _is_upload(method, path):
             # The upload code checks the package's own limit with a precise message; this is the outer
@@ -157,9 +165,14 @@ class GuardMiddleware:
                 if found is not None:
                     return found
             return access.anonymous
-        wait = services.failed_logins.retry_after(client)
-        if wait:
-            raise _TooManyFailures(wait)
+        # Counted before the check, taken back on success: concurrent guesses cannot slip past the limit.
+        limits = [(services.failed_logins, client)]
+        if user is not None and user.lower() not in _KEY_USERS:
+            limits.append((services.failed_user_logins, "user:" + user.lower()))
+        for limiter, subject in limits:
+            wait = limiter.attempt(subject)
+            if wait:
+                raise _TooManyFailures(wait)
         if key is not None:
             principal = access.principal_for_key(key)
         else:
@@ -169,8 +182,10 @@ class GuardMiddleware:
                 principal = access.cached_password_principal(user, password) or await run_in_threadpool(
                     access.principal_for_password, user, password
                 )
-        if principal is None:
-            services.failed_logins.failed(client)
+        if principal is not None:
+            for limiter, subject in limits:
+                limiter.forgive(subject)
+        else:
             raise BadCredentials(
                 "the API key is not valid (revoked, expired or mistyped)"
                 if key is not None or (user or "").lower() in _KEY_USERS
@@ -185,8 +200,8 @@ class _TooManyFailures(Exception):
         super().__init__(f"too many wrong credentials from this address: try again in {self.retry_after} s")
 
 
-def _anonymous_may_write(principal: Principal) -> bool:
-    """Whether anonymous callers were granted anything beyond viewing (unusual, but allowed)."""
+def _may_write_somewhere(principal: Principal) -> bool:
+    """Whether the caller holds anything beyond viewing, on any feed or system-wide."""
     granted = set(principal.system).union(*principal.feeds.values()) if principal.feeds else set(principal.system)
     return bool(granted - {Permission.VIEW})
 
@@ -207,13 +222,13 @@ def _presented(scope: Scope) -> tuple[str | None, str | None, str | None]:
             try:
                 decoded = base64.b64decode(_bounded(value), validate=True).decode()
             except (binascii.Error, UnicodeDecodeError) as exc:
-                raise BadCredentials("the Basic authorization header is not base64 of user:password") from exc
+                raise BadCredentials("the Authorization header's value is not base64 of user:password") from exc
             user, sep, password = decoded.partition(":")
             if not sep or not password:
-                raise BadCredentials("the Basic authorization header has no password (send user:password or api:KEY)")
+                raise BadCredentials("the Authorization header holds no password (send user:password or api:KEY)")
             return None, user, password
         if scheme.lower() not in ("bearer", "basic"):
-            raise BadCredentials(f"unsupported authorization scheme {scheme[:20]!r}: use Basic or Bearer")
+            raise BadCredentials("unsupported Authorization header: send 'Basic user:password' or 'Bearer KEY'")
     match = _TOKEN_PATH.match(scope["path"])
     if match:
         return _bounded(match.group(1)), None, None
