@@ -86,9 +86,28 @@ RULES: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/connectors"): ("admin", "system"),
     ("GET", "/connectors/{connector}"): ("view", "any"),
     ("POST", "/connectors/{connector}/refresh"): ("admin", "system"),
+    ("GET", "/security"): ("admin", "system"),
+    ("POST", "/security/users"): ("admin", "system"),
+    ("POST", "/security/users/{user}/password"): ("admin", "system"),
+    ("POST", "/security/users/{user}/delete"): ("admin", "system"),
+    ("POST", "/security/groups"): ("admin", "system"),
+    ("POST", "/security/groups/{group}/delete"): ("admin", "system"),
+    ("POST", "/security/groups/{group}/members"): ("admin", "system"),
+    ("POST", "/security/groups/{group}/members/{user}/remove"): ("admin", "system"),
+    ("POST", "/security/grants"): ("admin", "system"),
+    ("POST", "/security/grants/{grant_id}/remove"): ("admin", "system"),
+    ("GET", "/apikeys"): ("admin", "system"),
+    ("GET", "/access-log"): ("admin", "system"),
+    # Keys in the web UI: anyone signed in; the service then limits non-administrators to their own.
+    ("GET", "/account"): ("view", "any"),
+    ("POST", "/apikeys"): ("view", "any"),
+    ("POST", "/apikeys/{key_id}/revoke"): ("view", "any"),
+    ("GET", "/apikeys/{key_id}"): ("view", "any"),
 }
 # Routes where the service makes a second decision after the route's (keys: only your own).
-SERVICE_DECIDES = {path for (_, path), (perm, where) in RULES.items() if path.startswith("/api/apikeys")}
+SERVICE_DECIDES = {
+    path for (_, path), (perm, where) in RULES.items() if path.startswith(("/api/apikeys", "/apikeys"))
+}
 
 PRINCIPALS = ["anonymous", "reader", "other_feed_key", "uploader", "promoter", "feed_manager", "admin"]
 # What each principal holds on feed A (the feed in the path), on feed B, and system-wide.
@@ -105,8 +124,18 @@ ON_B = {"other_feed_key": {"view"}, "admin": ALL}
 SYSTEM = {"admin": ALL}
 
 
-def expected(principal: str, permission: str, where: str) -> str:
+# Callers who may change nothing anywhere are refused any write before its body is read, whatever
+# the feed (so a hidden feed still answers like a missing one), except for these.
+READ_ONLY = {"anonymous", "reader", "other_feed_key"}
+READ_ONLY_WRITES = {
+    "/login", "/logout", "/api/apikeys", "/api/apikeys/{key_id}", "/apikeys", "/apikeys/{key_id}/revoke",
+}
+
+
+def expected(principal: str, permission: str, where: str, method: str = "GET", path: str = "") -> str:
     """'allow', '401', '403' or '404'."""
+    if method not in ("GET", "HEAD") and principal in READ_ONLY and path not in READ_ONLY_WRITES:
+        return "401" if principal == "anonymous" else "403"
     if where == "public":
         return "allow"
     if where == "feed":
@@ -268,7 +297,7 @@ def test_route_matrix(closed_server: Server, principal: str, tmp_path: Path):
         if (method, base) == ("DELETE", "/api/feeds/{feed}"):
             continue  # destructive: checked in test_feed_deletion_matrix on a world of its own
         permission, where = RULES[(method, base)]
-        outcome = expected(principal, permission, where)
+        outcome = expected(principal, permission, where, method, base)
         response = _request(closed_server, world, principal, method, base, token_form)
         _check(response, outcome, f"{principal} {method} {path} → expected {outcome}", base)
         checked += 1
@@ -278,7 +307,7 @@ def test_route_matrix(closed_server: Server, principal: str, tmp_path: Path):
 @pytest.mark.parametrize("principal", PRINCIPALS)
 def test_feed_deletion_matrix(closed_server: Server, principal: str):
     world = build_world(closed_server)
-    outcome = expected(principal, "manage-feed", "feed")
+    outcome = expected(principal, "manage-feed", "feed", "DELETE", "/api/feeds/{feed}")
     response = _request(closed_server, world, principal, "DELETE", "/api/feeds/{feed}", token_form=False)
     _check(response, outcome, f"{principal} DELETE feed → expected {outcome}", "/api/feeds/{feed}")
     with closed_server.admin() as admin:

@@ -57,10 +57,18 @@ class Visit:
             self.failures.append(f"{response.url}: HTTP {response.status}")
 
     def log_in(self, key: str) -> None:
+        """Log in with an API key (the log-in page's second form)."""
         self.page.goto("/login")
         self.page.get_by_label("API key").fill(key)
-        self.page.get_by_role("button", name="Log in").click()
+        self.page.get_by_test_id("login-with-key").click()
         expect(self.page.get_by_test_id("who")).to_be_visible()
+
+    def log_in_with_password(self, user: str, password: str) -> None:
+        self.page.goto("/login")
+        self.page.get_by_label("User name").fill(user)
+        self.page.get_by_label("Password").fill(password)
+        self.page.get_by_test_id("login-with-password").click()
+        expect(self.page.get_by_test_id("who")).to_have_text(user)
 
     def close(self) -> None:
         self.context.close()
@@ -112,20 +120,34 @@ def test_anonymous_users_cannot_create_feeds_and_are_sent_to_log_in(server: Serv
     assert response.headers["content-type"].startswith("text/html")
     # No Basic challenge on pages: it would open the browser's password dialog instead of this page.
     assert "www-authenticate" not in response.headers
-    expect(page.get_by_test_id("error")).to_contain_text("admin")
+    expect(page.get_by_test_id("error")).to_contain_text("needs credentials")
     expect(page.locator("form.form")).to_have_count(0)
     login = page.get_by_test_id("error-login")
     expect(login).to_have_attribute("href", "/login?next=/feeds/new")
 
     login.click()
     expect(page).to_have_url(f"{server.url}/login?next=/feeds/new")
+    # Two ways in, on one page: a user name and password, or an API key.
+    expect(page.get_by_test_id("login-password").get_by_label("User name")).to_be_visible()
+    expect(page.get_by_test_id("login-password").get_by_label("Password")).to_be_visible()
+    expect(page.get_by_test_id("login-key").get_by_label("API key")).to_be_visible()
+    page.get_by_label("User name").fill("nobody@example.com")
+    page.get_by_label("Password").fill("wrong-password")
+    page.get_by_test_id("login-with-password").click()
+    expect(page.get_by_test_id("error")).to_contain_text("user name or password is wrong")
+    expect(page.get_by_label("User name")).to_have_value("nobody@example.com")  # kept; the password is not
+    expect(page.get_by_label("Password")).to_have_value("")
     page.get_by_label("API key").fill("not-a-key")
-    page.get_by_role("button", name="Log in").click()
+    page.get_by_test_id("login-with-key").click()
     expect(page.get_by_test_id("error")).to_contain_text("not valid")
     page.get_by_label("API key").fill(server.api_key)
-    page.get_by_role("button", name="Log in").click()
+    page.get_by_test_id("login-with-key").click()
     expect(page).to_have_url(f"{server.url}/feeds/new")
     expect(page.get_by_role("heading", name="Create new feed")).to_be_visible()
+    # The browser holds a session id, never the key itself.
+    cookies = visit.context.cookies()
+    assert [c["name"] for c in cookies] == ["condagate_session"]
+    assert server.api_key not in cookies[0]["value"] and cookies[0]["httpOnly"]
 
 
 def test_admin_creates_a_feed_in_the_browser(server: Server, visit: Visit) -> None:

@@ -46,6 +46,15 @@ def _changed(services: Services) -> None:
     services.access.reload()
 
 
+def _keep_an_administrator(session) -> None:  # type: ignore[no-untyped-def]
+    """Called inside the changing transaction: refusing here rolls the change back."""
+    if not security_store.has_administrator(session=session):
+        raise Conflict(
+            "this would leave nobody with the admin permission: grant it to someone else first "
+            "(on the server's host, 'condagate admin create-key' can always make a new administrator key)"
+        )
+
+
 # Users and groups --------------------------------------------------------------------------------
 
 
@@ -84,6 +93,7 @@ def list_users(services: Services) -> list[UserInfo]:
 def delete_user(services: Services, *, name: str) -> None:
     with services.db.write() as session:
         security_store.delete_user(session=session, name=name)
+        _keep_an_administrator(session)
     _changed(services)
 
 
@@ -117,12 +127,14 @@ def list_groups(services: Services) -> list[GroupInfo]:
 def delete_group(services: Services, *, name: str) -> None:
     with services.db.write() as session:
         security_store.delete_group(session=session, name=name)
+        _keep_an_administrator(session)
     _changed(services)
 
 
 def set_membership(services: Services, *, group: str, user: str, member: bool) -> bool:
     with services.db.write() as session:
         changed = security_store.set_membership(session=session, group=group, user=user, member=member)
+        _keep_an_administrator(session)
     _changed(services)
     return changed
 
@@ -186,6 +198,7 @@ def remove_grant(services: Services, *, principal: str, permission: str, feed: s
         removed = security_store.remove_grant(
             session=session, kind=kind, user_id=user_id, group_id=group_id, permission=parsed.value, feed_id=feed_id
         )
+        _keep_an_administrator(session)
     if not removed:
         where = f" on feed {feed!r}" if feed else " system-wide"
         raise NotFound(f"{principal} has no {parsed.value!r} grant{where}")
@@ -196,6 +209,7 @@ def remove_grant_by_id(services: Services, *, grant_id: int) -> None:
     with services.db.write() as session:
         if not security_store.remove_grant_by_id(session=session, grant_id=grant_id):
             raise NotFound(f"grant {grant_id} does not exist")
+        _keep_an_administrator(session)
     _changed(services)
 
 

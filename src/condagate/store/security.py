@@ -354,6 +354,23 @@ def prune_access_log(*, session: Session, before: datetime) -> None:
     session.execute(delete(AccessLogEntry).where(AccessLogEntry.at < before))
 
 
+def has_administrator(*, session: Session) -> bool:
+    """Whether anyone still holds ``admin`` system-wide: a user, a group with a member, or a key."""
+    user_grant = select(Grant.id).where(
+        Grant.permission == "admin", Grant.feed_id.is_(None), Grant.principal_kind == "user"
+    )
+    group_grant = (
+        select(Grant.id)
+        .join(GroupMember, GroupMember.group_id == Grant.group_id)
+        .where(Grant.permission == "admin", Grant.feed_id.is_(None), Grant.principal_kind == "group")
+    )
+    system_key = select(ApiKey.id).where(
+        ApiKey.user_id.is_(None), ApiKey.scope == "system", ApiKey.revoked_at.is_(None),
+        ApiKey.permissions.contains("admin"),
+    )
+    return any(session.execute(query.limit(1)).first() is not None for query in (user_grant, group_grant, system_key))
+
+
 # What the per-process snapshot is built from -----------------------------------------------------
 
 

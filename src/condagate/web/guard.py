@@ -36,7 +36,7 @@ _UPLOAD_ROUTES = [
 ]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Writes that callers who may only view still make: logging in and out, their own API keys.
-_READ_ONLY_WRITES = re.compile(r"/login|/logout|/api/apikeys(?:/[0-9]+)?")
+_READ_ONLY_WRITES = re.compile(r"/login|/logout|/api/apikeys(?:/[0-9]+)?|/apikeys(?:/[0-9]+/revoke)?")
 _MAX_CREDENTIAL_LENGTH = 4096
 _UPLOAD_FRAMING = 1024 * 1024
 _TOKEN_PATH = re.compile(r"/t/([^/]*)(/|$)")

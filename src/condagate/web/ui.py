@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from condagate.errors import BadRequest, CondagateError
 from condagate.security.permissions import Permission, Scope
 from condagate.services import authentication, catalog, connectors, feeds, sessions
-from condagate.web import ui_connectors
+from condagate.web import ui_connectors, ui_security
 from condagate.web.auth import current_principal, requires
 from condagate.web.ui_common import daily_chart, render, services_of
 
@@ -120,7 +120,8 @@ async def package_page(request: Request, feed: str, name: str) -> Response:
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
 async def login_page(request: Request, then: str = Query("/", alias="next")) -> Response:
-    return render(request, "login.html", {"error": None, "next": _local_path(then), "user": ""})
+    context = {"error": None, "next": _local_path(then), "user": "", "api_key_chosen": False}
+    return render(request, "login.html", context)
 
 
 @router.post("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
@@ -137,9 +138,8 @@ async def login(
     client = request.state.client
 
     def refuse(message: str, status_code: int) -> Response:
-        return render(
-            request, "login.html", {"error": message, "next": target, "user": user[:200]}, status_code=status_code
-        )
+        context = {"error": message, "next": target, "user": user[:200], "api_key_chosen": bool(api_key)}
+        return render(request, "login.html", context, status_code=status_code)
 
     try:
         principal = await run_in_threadpool(
@@ -148,6 +148,8 @@ async def login(
         )
     except CondagateError as exc:
         return refuse(exc.message, exc.status_code)
+    # A new session, never the old one again: logging in as someone else ends the session before it.
+    await run_in_threadpool(sessions.end_session, services, current_principal(request))
     session_id = await run_in_threadpool(sessions.start_session, services, principal)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
@@ -171,3 +173,4 @@ async def logout(request: Request) -> Response:
 
 
 router.include_router(ui_connectors.router)
+router.include_router(ui_security.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -61,7 +62,41 @@ def _built(timestamp: int) -> str:
         return ""
 
 
-FILTERS = {"moment": _moment, "iso": _iso, "ago": _ago, "built": _built}
+# A link target from package metadata or another user-supplied value: http(s) only, nothing a browser
+# would read differently (no whitespace or control characters that browsers strip or skip).
+_HTTP_URL = re.compile(r"https?://[^\s/?#\\]+[^\s\\]*", re.IGNORECASE | re.ASCII)
+
+
+def http_url(value: object) -> str | None:
+    """The URL when its scheme is http or https (so it may become a link), else None: shown as text."""
+    if not isinstance(value, str) or len(value) > 2000 or not value.isprintable():
+        return None
+    return value if _HTTP_URL.fullmatch(value) else None
+
+
+# What users see for each permission (the words of the mission's "Manage Security" page).
+PERMISSION_LABELS = {
+    "view": "View/Download",
+    "add": "Add Package",
+    "promote": "Promote Packages",
+    "delete": "Overwrite/Delete",
+    "manage-feed": "Manage Feed",
+    "admin": "Administer",
+}
+
+
+def _permission_label(value: object) -> str:
+    return PERMISSION_LABELS.get(str(value), str(value))
+
+
+FILTERS = {
+    "moment": _moment,
+    "iso": _iso,
+    "ago": _ago,
+    "built": _built,
+    "http_url": http_url,
+    "permission_label": _permission_label,
+}
 
 
 def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
@@ -69,7 +104,12 @@ def render(request: Request, template: str, context: dict[str, Any], status_code
     templates = request.app.state.templates
     if "moment" not in templates.env.filters:
         templates.env.filters.update(FILTERS)
-    context = {"principal": principal, "base_url": str(request.base_url).rstrip("/"), **context}
+    context = {
+        "principal": principal,
+        "csrf_token": (principal.csrf_token if principal is not None else None) or "",
+        "base_url": str(request.base_url).rstrip("/"),
+        **context,
+    }
     response: Response = templates.TemplateResponse(request, template, context, status_code=status_code)
     return response
 

@@ -36,3 +36,9 @@ document.addEventListener("change", (event) => {
     form.querySelectorAll('input[name="connector"]').forEach((radio) => { radio.checked = false; });
   }
 });
+
+// Forms that remove something ask first (data-confirm): deleting a user or a group, revoking a key.
+document.addEventListener("submit", (event) => {
+  const message = event.target.dataset && event.target.dataset.confirm;
+  if (message && !window.confirm(message)) event.preventDefault();
+});
