@@ -45,6 +45,24 @@ def test_downloads_are_counted_per_file(server: Server, feed: str, make_package)
         assert client.get(f"/api/feeds/{feed}/packages/counted").json()["downloads"] == 4
 
 
+def test_download_statistics_name_the_user_or_key(server: Server, feed: str, make_package):
+    package = make_package("named-downloads")
+    upload(server, feed, package)
+    with server.admin() as admin:
+        created = admin.post("/api/apikeys", json={"feeds": [feed], "permissions": ["view"]}).json()
+    with server.client(headers={"X-API-Key": created["key"]}) as keyed:
+        for _ in range(2):
+            assert keyed.get(f"/conda/{feed}/noarch/{package.name}").status_code == 200
+    with server.client() as anonymous:
+        assert anonymous.get(f"/conda/{feed}/noarch/{package.name}").status_code == 200
+
+        def downloaders() -> dict[str, int]:
+            stats = anonymous.get(f"/api/feeds/{feed}/downloads").json()
+            return {row["principal"]: row["downloads"] for row in stats["top_downloaders"]}
+
+        assert _wait_for(lambda: downloaders() == {f"key {created['id']}": 2, "anonymous": 1}), downloaders()
+
+
 def test_counts_still_flow_after_a_feed_with_pending_counts_is_deleted(server: Server, make_package):
     doomed, kept = "gone-" + uuid.uuid4().hex[:6], "kept-" + uuid.uuid4().hex[:6]
     package = make_package("counted-twice")
