@@ -30,6 +30,11 @@ class Settings:
     # Upstream files up to this size are verified before the first byte goes out (a mismatch is a
     # clean 502); larger ones stream to the client while they download.
     proxy_verify_before_send_bytes: int = 8 * 1024 * 1024
+    # Proxy feeds: see README "Proxy an upstream channel".
+    upstream_concurrency: int = 2  # fetches of repodata running at once per connector
+    upstream_backoff_seconds: float = 30.0  # after a failed fetch, no new one for this long (doubling)
+    upstream_max_backoff_seconds: float = 600.0
+    revalidate_wait_seconds: float = 0.5  # lifetime 0: how long a request waits for the revalidation
     log_level: str = "info"
     workers: int = 1
     # Security: see docs/security.md.

@@ -88,7 +88,19 @@ def test_filters_and_local_packages_win(server: Server, upstream: UpstreamChanne
     assert upstream.count(f"/linux-64/{local.name}") == 0
 
 
-def test_conditional_refresh_and_stale_repodata(server: Server, upstream: UpstreamChannel):
+@pytest.fixture(scope="module")
+def quick_retry_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A server whose failed upstream checks may be retried after 0.2 s (the default back-off is 30 s)."""
+    server = start_server(
+        tmp_path_factory.mktemp("quick-retry") / "data",
+        extra_env={"CONDAGATE_UPSTREAM_BACKOFF_SECONDS": "0.2", "CONDAGATE_UPSTREAM_MAX_BACKOFF_SECONDS": "0.2"},
+    )
+    yield server
+    server.stop()
+
+
+def test_conditional_refresh_and_stale_repodata(quick_retry_server: Server, upstream: UpstreamChannel):
+    server = quick_retry_server
     connector, feed = make_proxy_feed(server, upstream.url, cache_minutes=0)
     url = f"/conda/{feed}/linux-64/repodata.json"
     with server.client() as client:
@@ -108,6 +120,7 @@ def test_conditional_refresh_and_stale_repodata(server: Server, upstream: Upstre
                 upstream.faults.truncate = True
             else:
                 upstream.stop()
+            time.sleep(0.3)  # past the back-off of the previous failure: this request checks again
             stale = client.get(url)
             assert stale.status_code == 200, fault
             assert stale.json() == fresh.json(), fault
@@ -117,6 +130,7 @@ def test_conditional_refresh_and_stale_repodata(server: Server, upstream: Upstre
     linux = next(h for h in health["health"] if h["subdir"] == "linux-64")
     assert linux["last_error"] and linux["last_success_at"] and linux["records"] == 4
     upstream.start()
+    time.sleep(0.3)
     with server.client() as client:
         # The upstream changed while it was away: the next check picks the change up.
         recovered = client.get(url)

@@ -244,7 +244,15 @@ def test_stale_banner_when_the_upstream_is_down(server: Server, visit: Visit, up
     expect(linux.get_by_test_id("last-error").locator("time")).to_have_count(1)
     expect(linux.get_by_test_id("last-success").locator("time")).to_have_count(1)
 
+    # Failing: the page says since when, and when the next check is due (the back-off).
+    expect(linux.get_by_test_id("failing-since").locator("time")).to_have_count(1)
+    expect(linux.get_by_test_id("next-try").locator("time")).to_have_count(1)
+
     upstream.start()
+    # A failure is remembered for a back-off; "refresh now" checks at once.
+    with server.admin() as admin:
+        refreshed = admin.post(f"/api/connectors/{connector}/refresh", json={"subdirs": ["linux-64", "noarch"]})
+        assert refreshed.status_code == 200, refreshed.text
     page.goto(f"/feeds/{feed}")
     expect(page.get_by_test_id("stale")).to_have_count(0)
     page.goto(f"/connectors/{connector}")

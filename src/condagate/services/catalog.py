@@ -20,6 +20,7 @@ from condagate.services.repodata_cache import SubdirSnapshot
 from condagate.store import connectors as connector_store
 from condagate.store import downloads as download_store
 from condagate.store import packages as package_store
+from condagate.upstream.repodata_cache import Pending
 
 # What a proxy feed lists before any client asked for other subdirs.
 DEFAULT_BROWSE_SUBDIRS = ("noarch", "linux-64")
@@ -91,17 +92,36 @@ class _Browse:
     warnings: list[str]
 
 
-def _browse(services: Services, feed_name: str) -> _Browse:
-    feed = resolve_feed(services, feed_name)
+def _browse_subdirs(services: Services, feed: FeedRef) -> list[str]:
     with services.db.read() as session:
         subdirs = set(package_store.populated_subdirs(session=session, feed_id=feed.id))
     for connector in feed.connectors:
         subdirs.update(connector.subdirs or DEFAULT_BROWSE_SUBDIRS)
         subdirs.update(services.upstream.cached_subdirs(connector.id))
+    return sorted(subdirs)
+
+
+def upstream_fetches(services: Services, *, feed: str) -> list[Pending]:
+    """The upstream fetches that browsing the feed would wait for (started here): the web layer
+    waits for them without holding a thread, then lists what there is."""
+    feed_ref = resolve_feed(services, feed)
+    pending = []
+    for subdir in _browse_subdirs(services, feed_ref):
+        for _, view in services.repodata.upstream_views(feed_ref.connectors, subdir):
+            if view.pending is not None:
+                pending.append(view.pending)
+    return pending
+
+
+def _browse(services: Services, feed_name: str) -> _Browse:
+    feed = resolve_feed(services, feed_name)
+    subdirs = _browse_subdirs(services, feed)
     snapshots, warnings = [], []
     for subdir in sorted(subdirs):
         try:
-            snapshots.append(services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors))
+            snapshots.append(
+                services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors)
+            )
         except CondagateError as exc:
             warnings.append(f"{subdir}: {exc.message}")
     return _Browse(feed, snapshots, warnings)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from condagate.conda.subdirs import require_known_subdir
-from condagate.errors import PackageNotFound
+from condagate.errors import PackageNotFound, UpstreamTimeout, UpstreamUnavailable
 from condagate.services.connectors import config_of
 from condagate.services.context import Services
 from condagate.services.repodata_cache import SubdirSnapshot
@@ -17,6 +17,7 @@ from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 from condagate.upstream.connector import ConnectorConfig
+from condagate.upstream.repodata_cache import Pending
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,51 @@ def _feed_ref(session: Session, name: str) -> FeedRef:
 class FeedSubdir:
     feed: FeedRef
     snapshot: SubdirSnapshot
+    pending: list[Pending] = field(default_factory=list)  # upstream fetches worth waiting for, then ask again
 
     @property
     def stale_notice(self) -> str:
-        """What the ``X-Condagate-Stale`` header says: which upstreams failed their last check."""
+        """What the ``X-Condagate-Stale`` header says to administrators: which upstreams failed, and why."""
         return "; ".join(f"{self.feed.connector_name(cid)}: {error}" for cid, error in self.snapshot.stale)
 
+    @property
+    def public_stale_notice(self) -> str:
+        """The same for everyone else: which upstreams, not what they answered (a fixed phrase)."""
+        missing = set(self.snapshot.missing)
+        return "; ".join(
+            f"{self.feed.connector_name(cid)}: {'no data' if cid in missing else 'serving the last good copy'}"
+            for cid, _ in self.snapshot.stale
+        )
 
-def feed_subdir(services: Services, feed_name: str, subdir: str, wait: bool = True) -> FeedSubdir:
+    def require_data(self) -> None:
+        """Only a subdir with nothing at all to serve — no own package, no connector with data — fails,
+        and only because its upstreams failed (an upstream that lists nothing is an empty subdir)."""
+        snapshot = self.snapshot
+        if snapshot.records or not snapshot.missing or snapshot.local_records:
+            return
+        names = ", ".join(repr(self.feed.connector_name(cid)) for cid in snapshot.missing)
+        errors = dict(snapshot.stale)
+        # A fixed phrase: what the upstream answered is for administrators (the connector's page).
+        if all(errors.get(cid) == "still fetching" for cid in snapshot.missing):
+            raise UpstreamTimeout(f"connector {names} has not answered yet and nothing of {snapshot.subdir} is cached")
+        raise UpstreamUnavailable(f"connector {names} is unreachable and nothing of {snapshot.subdir} is cached")
+
+
+def feed_subdir(
+    services: Services, feed_name: str, subdir: str, wait: bool = True, refresh: bool = True
+) -> FeedSubdir:
+    """Never waits on an upstream: what is there now, plus the fetches a request may wait for
+    (asynchronously, see ``web.channel``) before asking again with ``refresh=False``."""
     require_known_subdir(subdir)
     with services.db.read() as session:  # one session for the feed and the subdir's revision
         feed = _feed_ref(session, feed_name)
         version = package_store.subdir_version(session=session, feed_id=feed.id, subdir=subdir)
-    snapshot = services.repodata.snapshot(
-        feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version, wait=wait
+    snapshot, pending = services.repodata.snapshot_and_pending(
+        feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version, wait=wait, refresh=refresh
     )
-    located = FeedSubdir(feed, snapshot)
-    services.lookups.remember_subdir(feed_name, subdir, located)
+    located = FeedSubdir(feed, snapshot, pending)
+    if not pending:
+        services.lookups.remember_subdir(feed_name, subdir, located)
     return located
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,10 @@ class SubdirHealth:
     last_error_at: datetime | None
     last_error: str
     response_ms: int
+    failing_since: datetime | None = None
+    next_try_at: datetime | None = None
+    dropped_records: int = 0
+    dropped_examples: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,13 @@ def _validate(spec: ConnectorSpec) -> None:
         raise BadRequest("a username may not contain ':'")
 
 
+def _examples(stored: str) -> list[tuple[str, str]]:
+    try:
+        return [(str(name), str(reason)) for name, reason in json.loads(stored or "[]")][:20]
+    except (ValueError, TypeError):
+        return []
+
+
 def _info(services: Services, row: Connector, with_health: bool = False) -> ConnectorInfo:
     authentication = "token" if row.token else "basic" if row.username else "none"
     info = ConnectorInfo(
@@ -136,7 +148,17 @@ def _info(services: Services, row: Connector, with_health: bool = False) -> Conn
     with services.db.read() as session:
         health = [
             SubdirHealth(
-                s.subdir, s.records, s.last_success_at, s.last_checked_at, s.last_error_at, s.last_error, s.response_ms
+                s.subdir,
+                s.records,
+                s.last_success_at,
+                s.last_checked_at,
+                s.last_error_at,
+                s.last_error,
+                s.response_ms,
+                s.failing_since,
+                s.next_try_at,
+                s.dropped_records,
+                _examples(s.dropped_examples),
             )
             for s in connector_store.health_of(session=session, connector_id=row.id)
         ]

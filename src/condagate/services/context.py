@@ -59,7 +59,15 @@ class Services:
             with db.write() as session:
                 connector_store.record_health(session=session, **fields)
 
-        upstream = UpstreamRepodataCache(settings.data_dir / "upstream", http, record_health)
+        upstream = UpstreamRepodataCache(
+            settings.data_dir / "upstream",
+            http,
+            record_health,
+            concurrency=settings.upstream_concurrency,
+            backoff_seconds=settings.upstream_backoff_seconds,
+            max_backoff_seconds=settings.upstream_max_backoff_seconds,
+            revalidate_wait_seconds=settings.revalidate_wait_seconds,
+        )
         return cls(
             settings=settings,
             db=db,
@@ -86,6 +94,7 @@ class Services:
         self.access_log.flush(self.access.take_last_used())
 
     def close(self) -> None:
+        self.upstream.close()
         self.flush()
         self.http.close()
         self.db.dispose()

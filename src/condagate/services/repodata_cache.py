@@ -25,7 +25,7 @@ from condagate.store import packages as package_store
 from condagate.store.db import Database
 from condagate.store.packages import SubdirVersion
 from condagate.upstream.connector import ConnectorConfig
-from condagate.upstream.repodata_cache import UpstreamRepodataCache, UpstreamSnapshot
+from condagate.upstream.repodata_cache import Pending, UpstreamRepodataCache, UpstreamSnapshot, UpstreamView
 
 # Superseded shards stay fetchable for a while: a client may hold an older index.
 _RETIRED_SHARDS_KEPT = 4096
@@ -60,6 +60,7 @@ class SubdirSnapshot:
     json: Encoded
     zst: Encoded
     stale: list[tuple[int, str]] = field(default_factory=list)  # (connector id, last error)
+    missing: list[int] = field(default_factory=list)  # connectors with no data at all (left out)
     _previous_shards: dict[str, ShardEntry] | None = None
     _shards: dict[str, ShardEntry] | None = None
     _shard_index: Encoded | None = None
@@ -150,10 +151,17 @@ class RepodataCache:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def upstream_snapshots(self, connectors: list[ConnectorConfig], subdir: str) -> list[UpstreamSnapshot]:
+    def upstream_views(
+        self, connectors: list[ConnectorConfig], subdir: str, refresh: bool = True
+    ) -> list[tuple[ConnectorConfig, UpstreamView]]:
+        """What each of the connectors serving ``subdir`` has now; never waits on an upstream."""
         if self._upstream is None:
             return []
-        return [self._upstream.get(connector, subdir) for connector in connectors if connector.serves_subdir(subdir)]
+        return [
+            (connector, self._upstream.view(connector, subdir, refresh=refresh))
+            for connector in connectors
+            if connector.serves_subdir(subdir)
+        ]
 
     def snapshot(
         self,
@@ -163,8 +171,25 @@ class RepodataCache:
         connectors: list[ConnectorConfig] | None = None,
         version: SubdirVersion | None = None,
         wait: bool = True,
+        refresh: bool = True,
     ) -> SubdirSnapshot:
-        """The subdir's current snapshot, brought up to date with the database and the upstreams first.
+        return self.snapshot_and_pending(
+            feed_id=feed_id, subdir=subdir, connectors=connectors, version=version, wait=wait, refresh=refresh
+        )[0]
+
+    def snapshot_and_pending(
+        self,
+        *,
+        feed_id: int,
+        subdir: str,
+        connectors: list[ConnectorConfig] | None = None,
+        version: SubdirVersion | None = None,
+        wait: bool = True,
+        refresh: bool = True,
+    ) -> tuple[SubdirSnapshot, list[Pending]]:
+        """The subdir's current snapshot, brought up to date with the database and with what the
+        upstreams have *now* (a connector without data is left out and named in ``stale``), and the
+        upstream fetches a request may wait for before asking again with ``refresh=False``.
         ``version`` is the subdir's local revision when the caller has just read it. With ``wait=False``
         a previous snapshot is returned as it is, without rebuilding (package downloads: the caller
         asks again with waiting when the file is not in it)."""
@@ -172,9 +197,31 @@ class RepodataCache:
         if version is None:
             with self._db.read() as session:
                 version = package_store.subdir_version(session=session, feed_id=feed_id, subdir=subdir)
-        upstreams = self.upstream_snapshots(connectors or [], subdir)
+        views = self.upstream_views(connectors or [], subdir, refresh)
+        pending = [view.pending for _, view in views if view.pending is not None]
+        upstreams = [view.snapshot for _, view in views if view.snapshot is not None]
         upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
-        stale = [(u.connector_id, u.error) for u in upstreams if u.stale]
+        stale = [
+            (connector.id, view.error or ("still fetching" if view.pending else "no data"))
+            for connector, view in views
+            if view.snapshot is None or view.snapshot.stale
+        ]
+        missing = [connector.id for connector, view in views if view.snapshot is None]
+        snapshot = self._current(key, feed_id, subdir, version, upstreams, upstream_version, stale, wait)
+        snapshot.missing = missing
+        return snapshot, pending
+
+    def _current(
+        self,
+        key: tuple[int, str],
+        feed_id: int,
+        subdir: str,
+        version: SubdirVersion,
+        upstreams: list[UpstreamSnapshot],
+        upstream_version: UpstreamVersion,
+        stale: list[tuple[int, str]],
+        wait: bool,
+    ) -> SubdirSnapshot:
         current = self._snapshots.get(key)
         if current is not None and current.version == version and current.upstream_version == upstream_version:
             current.stale = stale

@@ -89,6 +89,9 @@ def record_health(
     etag: str = "",
     records: int | None = None,
     error: str = "",
+    failing_since: datetime | None = None,
+    next_try_at: datetime | None = None,
+    dropped: tuple[int, str] | None = None,  # how many records were dropped, and examples (JSON)
 ) -> None:
     now = datetime.now(UTC)
     insert = _insert(session)
@@ -107,9 +110,15 @@ def record_health(
         if records is not None:
             state.records = records
         state.last_error = ""
+        state.failing_since = None
+        state.next_try_at = None
+        if dropped is not None:
+            state.dropped_records, state.dropped_examples = dropped[0], dropped[1][:8000]
     else:
         state.last_error_at = now
         state.last_error = error[:2000]
+        state.failing_since = failing_since
+        state.next_try_at = next_try_at
 
 
 def health_of(*, session: Session, connector_id: int) -> list[ConnectorSubdirState]:

@@ -31,6 +31,8 @@ class Feed(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # What happens to a cached file when its upstream removes it: "keep-cached" or "follow-upstream".
+    upstream_removals: Mapped[str] = mapped_column(String(20), default="keep-cached", server_default="keep-cached")
 
 
 class SubdirState(Base):
@@ -223,6 +225,8 @@ class Connector(Base):
     password: Mapped[str] = mapped_column(Text, default="")
     token: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # "same-origin" (default) or "any-public": where the upstream's redirects may lead.
+    allow_redirects: Mapped[str] = mapped_column(String(20), default="same-origin", server_default="same-origin")
 
 
 class FeedConnector(Base):
@@ -247,6 +251,10 @@ class ConnectorSubdirState(Base):
     last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     response_ms: Mapped[int] = mapped_column(Integer, default=0)
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dropped_records: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dropped_examples: Mapped[str] = mapped_column(Text, default="", server_default="")  # JSON list
 
 
 class CachedPackage(Base):
@@ -260,3 +268,8 @@ class CachedPackage(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     cached_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The record as the upstream listed it when the file was cached: a feed keeps serving it after
+    # the upstream removes it ("sticky cache").
+    record: Mapped[str] = mapped_column(Text, default="", server_default="")
+    name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    removed_upstream_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

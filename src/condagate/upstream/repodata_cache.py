@@ -1,9 +1,20 @@
 """Upstream repodata kept in memory and on disk, refreshed with conditional requests.
 
 Policy (pulp's words): *on-demand*. A subdir is fetched the first time a client asks for it; after
-that it is served from the cache and re-checked in the background once it is older than the
-connector's cache lifetime (a lifetime of 0 re-checks on every request, in the foreground). When a
-check fails, the last good repodata keeps being served and the error is recorded (stale).
+that it is served from the cache and re-checked once it is older than the connector's cache
+lifetime. Nothing that serves requests ever waits on an upstream without a bound:
+
+- Fetches run on a small executor of their own per connector (``concurrency`` threads), never on
+  the threads that serve requests, and each has a deadline for the whole fetch (the connector's
+  timeout).
+- Single flight: concurrent requests for one connector subdir share one fetch and its outcome,
+  failures included. Callers get the fetch's future and decide how long to wait (requests wait
+  asynchronously; see ``services.channel``).
+- A failure opens a circuit breaker for the subdir: no new fetch before ``retry_at`` (back-off
+  doubling from ``backoff_seconds`` up to ``max_backoff_seconds``); meanwhile requests get the last
+  good copy at once (stale), or learn at once that there is none.
+- Cached data is never held back behind a refresh (stale-while-revalidate), also with a lifetime of
+  0, where a request waits for the revalidation at most ``revalidate_wait_seconds``.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +36,7 @@ import httpx
 
 from condagate.conda.repodata import compress_zstd
 from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
-from condagate.errors import CondagateError
+from condagate.errors import CondagateError, UpstreamUnavailable
 from condagate.upstream.connector import ConnectorConfig
 from condagate.upstream.repodata_fetch import decompress_zstd, fetch_repodata
 
@@ -32,6 +44,7 @@ log = logging.getLogger(__name__)
 _generations = itertools.count(1)
 
 HealthRecorder = Callable[..., None]
+Key = tuple[int, str]
 
 
 @dataclass(frozen=True)
@@ -50,19 +63,59 @@ class UpstreamSnapshot:
         return bool(self.error)
 
 
+@dataclass(frozen=True)
+class Breaker:
+    """A subdir whose last fetch failed: no new fetch before ``retry_at`` (time.time())."""
+
+    error: str
+    failing_since: float
+    retry_at: float
+    failures: int
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A fetch a request may wait for: ``wait`` seconds at most."""
+
+    future: Future[UpstreamSnapshot]
+    wait: float
+
+
+@dataclass(frozen=True)
+class UpstreamView:
+    """What a request can use of one connector subdir, without waiting."""
+
+    snapshot: UpstreamSnapshot | None
+    pending: Pending | None = None
+    error: str = ""  # why there is no data, or why the data is stale
+
+
 class UpstreamRepodataCache:
-    def __init__(self, root: Path, http: httpx.Client, record_health: HealthRecorder) -> None:
+    def __init__(
+        self,
+        root: Path,
+        http: httpx.Client,
+        record_health: HealthRecorder,
+        *,
+        concurrency: int = 2,
+        backoff_seconds: float = 30.0,
+        max_backoff_seconds: float = 600.0,
+        revalidate_wait_seconds: float = 0.5,
+    ) -> None:
         self._root = root
         self._http = http
         self._record_health = record_health
-        self._snapshots: dict[tuple[int, str], UpstreamSnapshot] = {}
-        self._locks: dict[tuple[int, str], threading.Lock] = {}
+        self._concurrency = concurrency
+        self._backoff = backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self._revalidate_wait = revalidate_wait_seconds
+        self._snapshots: dict[Key, UpstreamSnapshot] = {}
+        self._inflight: dict[Key, Future[UpstreamSnapshot]] = {}
+        self._breakers: dict[Key, Breaker] = {}
+        self._executors: dict[int, ThreadPoolExecutor] = {}
+        self._disk_checked: set[Key] = set()
         self._guard = threading.Lock()
-        self._refreshing: set[tuple[int, str]] = set()
-
-    def _lock(self, key: tuple[int, str]) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+        self._load_locks: dict[Key, threading.Lock] = {}
 
     def _folder(self, connector: ConnectorConfig, subdir: str) -> Path:
         return self._root / str(connector.id) / subdir
@@ -78,56 +131,128 @@ class UpstreamRepodataCache:
     def peek(self, connector_id: int, subdir: str) -> UpstreamSnapshot | None:
         return self._snapshots.get((connector_id, subdir))
 
-    def get(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot:
-        """The subdir's records; fetched in the foreground only when nothing is cached yet."""
+    def breaker(self, connector_id: int, subdir: str) -> Breaker | None:
+        return self._breakers.get((connector_id, subdir))
+
+    def view(self, connector: ConnectorConfig, subdir: str, *, refresh: bool = True) -> UpstreamView:
+        """What is cached now, and the fetch to wait for when one is due (started here, once)."""
         key = (connector.id, subdir)
-        snapshot = self._snapshots.get(key)
+        snapshot = self._snapshots.get(key) or self._load_once(connector, subdir)
+        now = time.time()
+        breaker = self._breakers.get(key)
+        future = self._inflight.get(key)
+        if future is None and refresh and (breaker is None or breaker.retry_at <= now):
+            lifetime = connector.cache_minutes * 60
+            if snapshot is None or connector.cache_minutes <= 0 or now - snapshot.checked_at > lifetime:
+                future = self._start(connector, subdir)
+        error = breaker.error if breaker is not None else snapshot.error if snapshot is not None else ""
+        if future is None:
+            return UpstreamView(snapshot, None, error)
         if snapshot is None:
-            with self._lock(key):
-                snapshot = self._snapshots.get(key) or self._load(connector, subdir)
-                if snapshot is None:
-                    snapshot = self._refresh(connector, subdir, None)
-                self._snapshots[key] = snapshot
-        age = time.time() - snapshot.checked_at
+            # Nothing to serve yet: worth waiting for, up to the fetch's own deadline.
+            return UpstreamView(None, Pending(future, connector.timeout_seconds + 1.0), error)
         if connector.cache_minutes <= 0:
-            with self._lock(key):
-                snapshot = self._refresh(connector, subdir, self._snapshots[key])
-                self._snapshots[key] = snapshot
-        elif age > connector.cache_minutes * 60 or (snapshot.stale and age > 30):
-            self._refresh_in_background(connector, subdir)
+            return UpstreamView(snapshot, Pending(future, self._revalidate_wait), error)
+        return UpstreamView(snapshot, None, error)  # revalidating in the background
+
+    def get(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot:
+        """Blocking form for callers that may wait (mirroring, the CLI's refresh): the fetch's
+        outcome, bounded by its deadline; raises when there is no data."""
+        view = self.view(connector, subdir)
+        if view.pending is not None:
+            try:
+                return view.pending.future.result(timeout=view.pending.wait)
+            except CondagateError:
+                if view.snapshot is None:
+                    raise
+            except TimeoutError:
+                pass
+        snapshot = self._snapshots.get((connector.id, subdir)) or view.snapshot
+        if snapshot is None:
+            raise UpstreamUnavailable(view.error or f"connector {connector.name!r} has no data for {subdir} yet")
         return snapshot
 
     def refresh(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot:
-        """Check the upstream now (the UI's and CLI's "refresh")."""
+        """Check the upstream now, back-off or not (the UI's and CLI's "refresh")."""
         key = (connector.id, subdir)
-        with self._lock(key):
-            snapshot = self._refresh(connector, subdir, self._snapshots.get(key) or self._load(connector, subdir))
-            self._snapshots[key] = snapshot
-            return snapshot
+        with self._guard:
+            self._breakers.pop(key, None)
+        future = self._inflight.get(key) or self._start(connector, subdir)
+        return future.result(timeout=connector.timeout_seconds + 5.0)
 
     def forget(self, connector_id: int, remove_files: bool = False) -> None:
-        for key in [key for key in self._snapshots if key[0] == connector_id]:
-            del self._snapshots[key]
+        with self._guard:
+            for mapping in (self._snapshots, self._breakers):
+                for key in [key for key in mapping if key[0] == connector_id]:
+                    del mapping[key]
+            self._disk_checked = {key for key in self._disk_checked if key[0] != connector_id}
         if remove_files:
             shutil.rmtree(self._root / str(connector_id), ignore_errors=True)
 
-    def _refresh_in_background(self, connector: ConnectorConfig, subdir: str) -> None:
+    def close(self) -> None:
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _start(self, connector: ConnectorConfig, subdir: str) -> Future[UpstreamSnapshot]:
         key = (connector.id, subdir)
         with self._guard:
-            if key in self._refreshing:
-                return
-            self._refreshing.add(key)
+            running = self._inflight.get(key)
+            if running is not None:
+                return running
+            executor = self._executors.get(connector.id)
+            if executor is None:
+                executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix=f"upstream-{connector.id}")
+                self._executors[connector.id] = executor
+            future = executor.submit(self._fetch, connector, subdir)
+            self._inflight[key] = future
+        return future
 
-        def run() -> None:
-            try:
-                self.refresh(connector, subdir)
-            except Exception:
-                log.exception("background refresh of %s/%s failed", connector.name, subdir)
-            finally:
+    def _fetch(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot:
+        key = (connector.id, subdir)
+        try:
+            current = self._snapshots.get(key)
+            snapshot = self._refresh(connector, subdir, current)  # opens the breaker on a failure
+            with self._guard:
+                self._snapshots[key] = snapshot
+                if not snapshot.stale:
+                    self._breakers.pop(key, None)
+            return snapshot
+        except CondagateError:
+            raise
+        except Exception as exc:  # never let one subdir's surprise escape as a 500 elsewhere
+            log.exception("fetching %s/%s failed", connector.name, subdir)
+            with self._guard:
+                self._open_breaker(key, "unexpected error while fetching")
+            raise UpstreamUnavailable(f"connector {connector.name!r}: unexpected error while fetching") from exc
+        finally:
+            with self._guard:
+                self._inflight.pop(key, None)
+
+    def _open_breaker(self, key: Key, error: str) -> Breaker:
+        now = time.time()
+        previous = self._breakers.get(key)
+        failures = previous.failures + 1 if previous is not None else 1
+        delay = min(self._max_backoff, self._backoff * 2 ** min(failures - 1, 30))
+        since = previous.failing_since if previous is not None else now
+        breaker = Breaker(error, since, now + delay, failures)
+        self._breakers[key] = breaker
+        return breaker
+
+    def _load_once(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot | None:
+        """The last good copy on disk, read once per process (parsing is CPU, not upstream I/O)."""
+        key = (connector.id, subdir)
+        if key in self._disk_checked:
+            return self._snapshots.get(key)
+        with self._guard:
+            lock = self._load_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._disk_checked:
+                loaded = self._load(connector, subdir)
                 with self._guard:
-                    self._refreshing.discard(key)
-
-        threading.Thread(target=run, name=f"refresh-{connector.name}-{subdir}", daemon=True).start()
+                    if loaded is not None and key not in self._snapshots:
+                        self._snapshots[key] = loaded
+                    self._disk_checked.add(key)
+        return self._snapshots.get(key)
 
     def _refresh(self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None) -> UpstreamSnapshot:
         started = time.perf_counter()
@@ -149,8 +274,16 @@ class UpstreamRepodataCache:
                 del fetched
         except CondagateError as exc:
             elapsed = int((time.perf_counter() - started) * 1000)
+            with self._guard:
+                breaker = self._open_breaker((connector.id, subdir), exc.message)
             self._record_health(
-                connector_id=connector.id, subdir=subdir, ok=False, response_ms=elapsed, error=exc.message
+                connector_id=connector.id,
+                subdir=subdir,
+                ok=False,
+                response_ms=elapsed,
+                error=exc.message,
+                failing_since=datetime.fromtimestamp(breaker.failing_since, UTC),
+                next_try_at=datetime.fromtimestamp(breaker.retry_at, UTC),
             )
             log.warning("connector %s, subdir %s: %s", connector.name, subdir, exc.message)
             if current is None:

@@ -13,6 +13,7 @@ from condagate.security.permissions import Permission, Principal, Scope
 from condagate.services import catalog, connectors, feeds
 from condagate.services.context import Services
 from condagate.web.auth import current_principal, requires
+from condagate.web.upstream_wait import wait_for_feed
 
 router = APIRouter(prefix="/api", tags=["feeds"])
 
@@ -108,6 +109,7 @@ async def list_packages(
     offset: int = Query(default=0, ge=0),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
+    await wait_for_feed(_services(request), feed)
     page = await run_in_threadpool(
         lambda: catalog.list_packages(_services(request), feed=feed, search=search, offset=offset, limit=limit)
     )
@@ -121,6 +123,7 @@ async def list_packages(
     summary="Show a package: versions, files per subdir, dependencies, checksums, downloads",
 )
 async def show_package(request: Request, feed: str, name: str) -> dict[str, Any]:
+    await wait_for_feed(_services(request), feed)
     detail = await run_in_threadpool(lambda: catalog.package_detail(_services(request), feed=feed, name=name))
     return asdict(detail)
 
@@ -188,6 +191,11 @@ def _connector_json(principal: Principal, info: connectors.ConnectorInfo) -> dic
     """Feeds the caller may not see are left out, as everywhere."""
     shown = asdict(info)
     shown["feeds"] = principal.visible_feeds(list(info.feeds))
+    if not principal.may(Permission.ADMIN):
+        # What an upstream answered (addresses, statuses, texts) is for administrators.
+        for state in shown.get("health", []):
+            if state["last_error"]:
+                state["last_error"] = "the upstream is unreachable or answered wrongly"
     return shown
 
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from condagate.errors import NotFound
-from condagate.security.permissions import Permission
+from condagate.errors import NotFound, PackageNotFound
+from condagate.security.permissions import Permission, Principal
 from condagate.services import channel
 from condagate.services.context import Services
 from condagate.services.proxy_download import open_upstream
@@ -21,6 +21,7 @@ from condagate.web.responses import (
     is_not_modified,
 )
 from condagate.web.uploads import artifactory_upload
+from condagate.web.upstream_wait import wait_for
 
 router = APIRouter(tags=["channel"])
 VIEW = [Depends(requires(Permission.VIEW))]
@@ -43,8 +44,19 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _with_stale_notice(response: Response, located: channel.FeedSubdir) -> Response:
-    notice = located.stale_notice
+async def _located(services: Services, feed: str, subdir: str) -> channel.FeedSubdir:
+    """The feed subdir with whatever its upstreams have; a first fetch is waited for (bounded)."""
+    located = await run_in_threadpool(channel.feed_subdir, services, feed, subdir)
+    if located.pending:
+        await wait_for(located.pending)
+        located = await run_in_threadpool(lambda: channel.feed_subdir(services, feed, subdir, refresh=False))
+    located.require_data()
+    return located
+
+
+def _with_stale_notice(request: Request, response: Response, located: channel.FeedSubdir) -> Response:
+    principal: Principal = request.state.principal
+    notice = located.stale_notice if principal.may(Permission.ADMIN) else located.public_stale_notice
     if notice:
         # Served from the last good copy: say so, so that clients and operators can tell.
         printable = "".join(c if " " <= c <= "~" else " " for c in notice)  # upstream text: no CR/LF, ASCII
@@ -71,9 +83,10 @@ async def notices(request: Request, feed: str) -> Response:
 
 @router.api_route("/conda/{feed}/{subdir}/repodata_shards.msgpack.zst", methods=GET_HEAD, dependencies=VIEW)
 async def shard_index(request: Request, feed: str, subdir: str) -> Response:
-    located = await run_in_threadpool(channel.feed_subdir, _services(request), feed, subdir)
+    located = await _located(_services(request), feed, subdir)
     encoded = await run_in_threadpool(located.snapshot.shard_index)
-    return _with_stale_notice(encoded_response(request, encoded, "application/zstd", REPODATA_CACHE_CONTROL), located)
+    response = encoded_response(request, encoded, "application/zstd", REPODATA_CACHE_CONTROL)
+    return _with_stale_notice(request, response, located)
 
 
 @router.api_route("/conda/{feed}/{subdir}/shards/{shard_name}", methods=GET_HEAD, dependencies=VIEW)
@@ -81,11 +94,8 @@ async def shard(request: Request, feed: str, subdir: str, shard_name: str) -> Re
     services = _services(request)
     digest_hex = shard_name.removesuffix(".msgpack.zst")
 
-    def find() -> bytes | None:
-        located = channel.feed_subdir(services, feed, subdir)
-        return services.repodata.shard(located.feed.id, located.snapshot, digest_hex)
-
-    body = await run_in_threadpool(find)
+    located = await _located(services, feed, subdir)
+    body = await run_in_threadpool(services.repodata.shard, located.feed.id, located.snapshot, digest_hex)
     if body is None or not shard_name.endswith(".msgpack.zst"):
         raise NotFound(f"no shard {shard_name!r} in {feed}/{subdir}")
     etag = f'"{digest_hex}"'
@@ -103,14 +113,22 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
     services = _services(request)
     variant = _REPODATA_FILES.get(filename)
     if variant is not None:
-        located = await run_in_threadpool(channel.feed_subdir, services, feed, subdir)
+        located = await _located(services, feed, subdir)
         kind, media_type = variant
         snapshot = located.snapshot
         encoded = snapshot.json if kind == "json" else snapshot.zst if kind == "zst" else None
         if encoded is None:
             encoded = await run_in_threadpool(snapshot.bz2)
-        return _with_stale_notice(encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL), located)
-    found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
+        response = encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
+        return _with_stale_notice(request, response, located)
+    try:
+        found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
+    except PackageNotFound:
+        # Perhaps listed by an upstream whose subdir this process has not fetched yet: fetch, then look again.
+        located = await _located(services, feed, subdir)
+        if located.snapshot.record(filename) is None:
+            raise
+        found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
     if isinstance(found, channel.UpstreamPackage):
         if request.method == "HEAD":
             return _upstream_head(found)

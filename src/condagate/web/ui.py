@@ -17,6 +17,7 @@ from condagate.services import authentication, catalog, connectors, feeds, sessi
 from condagate.web import ui_connectors, ui_security
 from condagate.web.auth import current_principal, requires
 from condagate.web.ui_common import daily_chart, render, services_of
+from condagate.web.upstream_wait import wait_for_feed
 
 PAGE_SIZE = 25
 STATISTICS_DAYS = 30  # the feed's "Most downloaded" and the package's chart
@@ -104,6 +105,7 @@ async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> 
             context["chart"] = daily_chart(statistics.per_day, days=STATISTICS_DAYS, width=440, height=110)
         return context
 
+    await wait_for_feed(services, feed)
     context = await run_in_threadpool(gather)
     listing = context["listing"]
     pages = max(1, -(-listing.total // PAGE_SIZE))
@@ -113,6 +115,7 @@ async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> 
 
 @router.get("/feeds/{feed}/packages/{name}", dependencies=[Depends(requires(Permission.VIEW))])
 async def package_page(request: Request, feed: str, name: str) -> Response:
+    await wait_for_feed(services_of(request), feed)
     detail = await run_in_threadpool(lambda: catalog.package_detail(services_of(request), feed=feed, name=name))
     chart = daily_chart(detail.downloads_per_day, days=STATISTICS_DAYS, width=440, height=150)
     return render(request, "package.html", {"detail": detail, "chart": chart})

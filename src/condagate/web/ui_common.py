@@ -42,13 +42,16 @@ def _ago(value: datetime | None) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     seconds = int((datetime.now(UTC) - value).total_seconds())
+    future = seconds < -5  # a time to come (the next check of a failing upstream)
+    seconds = abs(seconds)
     if seconds < 5:
         return "just now"
     for unit, size in (("day", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         if seconds >= size:
             count = seconds // size
-            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
-    return "just now"  # a clock a little ahead of ours
+            amount = f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+            return f"in {amount}" if future else f"{amount} ago"
+    return "just now"
 
 
 def _built(timestamp: int) -> str:
