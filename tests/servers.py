@@ -43,7 +43,7 @@ class Server:
         return {"X-API-Key": self.api_key}
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+        return httpx.Client(base_url=self.url, **{"timeout": 60, **kwargs})  # type: ignore[arg-type]
 
     def admin(self) -> httpx.Client:
         return self.client(headers=self.admin_headers)

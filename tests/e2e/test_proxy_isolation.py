@@ -1,0 +1,122 @@
+"""A sick upstream hurts only its own feed: single flight, a remembered failure, partial feeds."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from conftest import upload
+from package_factory import PackageSpec, write_package
+from servers import Server, start_server
+from tarpit import Tarpit
+from upstream_channel import UpstreamChannel
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def tarpit() -> Iterator[Tarpit]:
+    pit = Tarpit("drip", interval=0.5)
+    yield pit
+    pit.stop()
+
+
+@pytest.fixture(scope="module")
+def isolated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("isolation") / "data")
+    yield server
+    server.stop()
+
+
+def _connector(server: Server, url: str, **fields: object) -> str:
+    name = _name("up")
+    with server.admin() as admin:
+        created = admin.post("/api/connectors", json={"name": name, "url": url, "timeout_seconds": 2, **fields})
+        assert created.status_code == 201, created.text
+    return name
+
+
+def _feed(server: Server, connectors: list[str]) -> str:
+    name = _name("feed")
+    with server.admin() as admin:
+        assert admin.post("/api/feeds", json={"name": name, "connectors": connectors}).status_code == 201
+    return name
+
+
+def test_a_tarpit_upstream_freezes_nothing_else(isolated_server: Server, tarpit: Tarpit, tmp_path):
+    server = isolated_server
+    sick = _feed(server, [_connector(server, tarpit.url)])
+    hosted = _feed(server, [])
+    package = write_package(tmp_path, PackageSpec("healthy", subdir="noarch"))
+    assert upload(server, hosted, package).status_code == 201
+
+    def hammer(_: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            return client.get(f"/conda/{sick}/linux-64/repodata.json").status_code
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(100) as pool:
+        storm = [pool.submit(hammer, i) for i in range(200)]
+        time.sleep(0.5)  # the storm is on: every worker thread would be waiting on the upstream
+        with server.client(timeout=10) as client:
+            for _ in range(20):
+                assert client.get("/health").status_code == 200
+                assert client.get(f"/conda/{hosted}/noarch/repodata.json").status_code == 200
+                assert client.get(f"/conda/{hosted}/noarch/{package.name}").content == package.read_bytes()
+        statuses = [future.result() for future in storm]
+    assert set(statuses) <= {502, 504}, statuses
+    assert time.monotonic() - started < 25  # each waited for the one fetch's deadline, not in turn
+    assert tarpit.connections == 1  # 200 requests, one fetch
+    # The failure is remembered: the next requests answer at once, without a new connection.
+    with server.client(timeout=10) as client:
+        again = client.get(f"/conda/{sick}/linux-64/repodata.json")
+        assert again.status_code in (502, 504)
+        assert "unreachable" in again.json()["error"]["message"] or "not answered" in again.json()["error"]["message"]
+    assert tarpit.connections == 1
+
+
+def test_a_dead_connector_does_not_hide_a_working_one(isolated_server: Server, upstream: UpstreamChannel, tmp_path):
+    server = isolated_server
+    dead = _connector(server, "http://127.0.0.1:9/channel")  # nothing listens on the discard port
+    working = _connector(server, upstream.url)
+    feed = _feed(server, [dead, working])
+    own = write_package(tmp_path, PackageSpec("own-package", subdir="linux-64"))
+    assert upload(server, feed, own).status_code == 201
+    with server.client() as client:
+        response = client.get(f"/conda/{feed}/linux-64/repodata.json")
+        assert response.status_code == 200, response.text
+        names = {record["name"] for record in response.json()["packages.conda"].values()}
+        assert {"numpy", "own-package"} <= names  # the working connector's and the feed's own
+        notice = response.headers["x-condagate-stale"]
+        assert dead in notice and "no data" in notice and "127.0.0.1:9" not in notice  # no details for anonymous
+        listing = client.get(f"/api/feeds/{feed}/packages").json()
+        assert {"numpy", "own-package"} <= {item["name"] for item in listing["items"]}
+        assert client.get(f"/api/feeds/{feed}/packages/own-package").status_code == 200
+    with server.admin() as admin:
+        detailed = admin.get(f"/conda/{feed}/linux-64/repodata.json").headers["x-condagate-stale"]
+        assert dead in detailed and "unreachable" in detailed
+
+
+def test_cached_data_is_never_held_back_by_a_failing_revalidation(
+    isolated_server: Server, upstream: UpstreamChannel
+):
+    """Lifetime 0: every request revalidates, but waits for it at most a moment, then serves the copy."""
+    server = isolated_server
+    feed = _feed(server, [_connector(server, upstream.url, cache_minutes=0)])
+    url = f"/conda/{feed}/linux-64/repodata.json"
+    with server.client(timeout=10) as client:
+        fresh = client.get(url)
+        assert fresh.status_code == 200
+        upstream.faults.delay = 5.0  # the upstream now takes 5 s per answer
+        started = time.monotonic()
+        served = client.get(url)
+        elapsed = time.monotonic() - started
+    assert served.status_code == 200 and served.json() == fresh.json()
+    assert elapsed < 4  # not the upstream's 5 s: the revalidation wait is bounded (0.5 s by default)

@@ -1,0 +1,66 @@
+"""An upstream that hurts: accepts connections on 127.0.0.1 and answers very slowly, or never."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+class Tarpit:
+    """``mode``: "drip" sends the status line and headers, then one body byte per ``interval``;
+    "silent" accepts and never answers. Counts connections; stops by itself on ``stop()``."""
+
+    def __init__(self, mode: str = "drip", interval: float = 1.0) -> None:
+        self.mode = mode
+        self.interval = interval
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1024)
+        self._stopped = threading.Event()
+        self._clients: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/channel"
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._clients.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            client.settimeout(5)
+            client.recv(65536)
+            if self.mode == "silent":
+                self._stopped.wait()
+                return
+            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+            while not self._stopped.wait(self.interval):
+                client.sendall(b" ")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with self._lock:
+            for client in self._clients:
+                with contextlib.suppress(OSError):
+                    client.close()
+        time.sleep(0.05)
