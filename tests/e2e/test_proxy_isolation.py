@@ -12,6 +12,7 @@ import pytest
 
 from conftest import upload
 from package_factory import PackageSpec, write_package
+from rattler_client import solve_and_install
 from servers import Server, start_server
 from tarpit import Tarpit
 from upstream_channel import UpstreamChannel
@@ -120,3 +121,35 @@ def test_cached_data_is_never_held_back_by_a_failing_revalidation(
         elapsed = time.monotonic() - started
     assert served.status_code == 200 and served.json() == fresh.json()
     assert elapsed < 4  # not the upstream's 5 s: the revalidation wait is bounded (0.5 s by default)
+
+
+@pytest.mark.parametrize("policy", ["keep-cached", "follow-upstream"])
+def test_a_served_file_stays_installable_after_the_upstream_removes_it(
+    isolated_server: Server, upstream: UpstreamChannel, tmp_path, policy: str
+):
+    server = isolated_server
+    connector = _connector(server, upstream.url)
+    feed = _name("sticky")
+    with server.admin() as admin:
+        created = admin.post("/api/feeds", json={"name": feed, "connectors": [connector], "upstream_removals": policy})
+        assert created.status_code == 201, created.text
+    channel_url = f"{server.url}/conda/{feed}"
+    installed = solve_and_install(channel_url, ["numpy ==1.26.4"], tmp_path / "first")
+    assert "numpy=1.26.4=py311h0_0" in installed  # downloaded through the proxy: now cached
+    # The upstream removes the package and its record.
+    (upstream.root / "linux-64" / "numpy-1.26.4-py311h0_0.conda").unlink()
+    upstream.index()
+    with server.admin() as admin:
+        assert admin.post(f"/api/connectors/{connector}/refresh", json={"subdirs": ["linux-64"]}).status_code == 200
+    with server.client() as client:
+        listed = client.get(f"/conda/{feed}/linux-64/repodata.json").json()["packages.conda"]
+        detail = client.get(f"/api/feeds/{feed}/packages/numpy").json()
+    files = {f["filename"]: f for v in detail["versions"] for f in v["files"]}
+    if policy == "follow-upstream":
+        assert "numpy-1.26.4-py311h0_0.conda" not in listed
+        return
+    assert "numpy-1.26.4-py311h0_0.conda" in listed and "numpy-2.0.0-py311h0_0.conda" in listed
+    assert files["numpy-1.26.4-py311h0_0.conda"]["removed_upstream_at"]
+    assert not files["numpy-2.0.0-py311h0_0.conda"]["removed_upstream_at"]
+    again = solve_and_install(channel_url, ["numpy ==1.26.4"], tmp_path / "again")
+    assert "numpy=1.26.4=py311h0_0" in again

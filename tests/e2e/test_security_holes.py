@@ -43,7 +43,6 @@ from attack import (
     send_lazily,
     summary,
 )
-
 from package_factory import PackageSpec, write_package
 from servers import Server, start_server
 

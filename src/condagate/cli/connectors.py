@@ -28,6 +28,10 @@ def create(
     username: Annotated[str, typer.Option(help="Basic-auth user for a private upstream")] = "",
     password: Annotated[str, typer.Option(help="Basic-auth password")] = "",
     token: Annotated[str, typer.Option(help="Bearer token for a private upstream")] = "",
+    allow_redirects: Annotated[
+        str,
+        typer.Option(help="same-origin (default), or any-public to follow redirects to other public hosts (CDNs)"),
+    ] = "same-origin",
     json_output: JsonOption = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
@@ -46,6 +50,7 @@ def create(
         "username": username,
         "password": password,
         "token": token,
+        "allow_redirects": allow_redirects,
     }
     connector = ApiClient(url, api_key).request("POST", "/api/connectors", json=body)
     if json_output:

@@ -23,12 +23,22 @@ def create(
         list[str] | None, typer.Option("--connector", help="Proxy this connector (repeat; the first wins)")
     ] = None,
     description: Annotated[str, typer.Option(help="What the feed is for")] = "",
+    upstream_removals: Annotated[
+        str,
+        typer.Option(help="keep-cached (default): cached files stay installable when the upstream removes them; "
+                     "follow-upstream: they disappear with it"),
+    ] = "keep-cached",
     json_output: JsonOption = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Create a conda feed: hosted, or a proxy of one or more connectors (which may host packages too)."""
-    body = {"name": name, "description": description, "connectors": connector or []}
+    body = {
+        "name": name,
+        "description": description,
+        "connectors": connector or [],
+        "upstream_removals": upstream_removals,
+    }
     feed = ApiClient(url, api_key).request("POST", "/api/feeds", json=body)
     if json_output:
         print(json.dumps(feed))

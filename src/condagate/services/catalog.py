@@ -66,6 +66,7 @@ class FileDetail:
     downloads: int
     origin: str = "local"  # "local", or the connector it comes through
     cached: bool = True
+    removed_upstream_at: str = ""  # a cached file the upstream no longer lists (kept by the feed)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,13 @@ class _Browse:
     feed: FeedRef
     snapshots: list[SubdirSnapshot]
     warnings: list[str]
+
+
+def _removed_at(snapshot: SubdirSnapshot, filename: str) -> str:
+    kept = snapshot.sticky.get(filename)
+    if kept is None:
+        return ""
+    return kept[1].isoformat() if kept[1] is not None else "unknown"
 
 
 def _browse_subdirs(services: Services, feed: FeedRef) -> list[str]:
@@ -120,7 +128,9 @@ def _browse(services: Services, feed_name: str) -> _Browse:
     for subdir in sorted(subdirs):
         try:
             snapshots.append(
-                services.repodata.snapshot(feed_id=feed.id, subdir=subdir, connectors=feed.connectors)
+                services.repodata.snapshot(
+                    feed_id=feed.id, subdir=subdir, connectors=feed.connectors, keep_cached=feed.keep_cached
+                )
             )
         except CondagateError as exc:
             warnings.append(f"{subdir}: {exc.message}")
@@ -203,7 +213,7 @@ def package_detail(services: Services, *, feed: str, name: str) -> PackageDetail
     versions = {version: VersionDetail(version) for version in ordered}
     for snapshot, filename, record in records:
         row = local_rows.get(filename) if snapshot.is_local(filename) else None
-        origin = "local" if row is not None else _origin(services, browse.feed, snapshot.subdir, filename)
+        origin = "local" if row is not None else _origin(services, browse.feed, snapshot, filename)
         versions[str(record["version"])].files.append(
             FileDetail(
                 filename=filename,
@@ -222,6 +232,7 @@ def package_detail(services: Services, *, feed: str, name: str) -> PackageDetail
                 downloads=counts.get((snapshot.subdir, filename), 0),
                 origin=origin,
                 cached=row is not None or (snapshot.subdir, filename) in cached,
+                removed_upstream_at=_removed_at(snapshot, filename),
             )
         )
     for detail in versions.values():
@@ -238,9 +249,12 @@ def package_detail(services: Services, *, feed: str, name: str) -> PackageDetail
     )
 
 
-def _origin(services: Services, feed: FeedRef, subdir: str, filename: str) -> str:
+def _origin(services: Services, feed: FeedRef, snapshot: SubdirSnapshot, filename: str) -> str:
+    kept = snapshot.sticky.get(filename)
+    if kept is not None:
+        return feed.connector_name(kept[0])
     for connector in feed.connectors:
-        upstream = services.upstream.peek(connector.id, subdir)
+        upstream = services.upstream.peek(connector.id, snapshot.subdir)
         if upstream is not None and filename in upstream.records:
             return connector.name
     return "upstream"

@@ -25,6 +25,7 @@ class FeedRef:
     id: int
     name: str
     connectors: list[ConnectorConfig] = field(default_factory=list)
+    keep_cached: bool = True  # cached files stay listed after their upstream removes them
 
     def connector_name(self, connector_id: int) -> str:
         return next((c.name for c in self.connectors if c.id == connector_id), str(connector_id))
@@ -38,7 +39,7 @@ def resolve_feed(services: Services, name: str) -> FeedRef:
 def _feed_ref(session: Session, name: str) -> FeedRef:
     feed = feed_store.get_feed(session=session, name=name)
     connectors = [config_of(row) for row in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
-    return FeedRef(feed.id, feed.name, connectors)
+    return FeedRef(feed.id, feed.name, connectors, feed.upstream_removals != "follow-upstream")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,13 @@ def feed_subdir(
         feed = _feed_ref(session, feed_name)
         version = package_store.subdir_version(session=session, feed_id=feed.id, subdir=subdir)
     snapshot, pending = services.repodata.snapshot_and_pending(
-        feed_id=feed.id, subdir=subdir, connectors=feed.connectors, version=version, wait=wait, refresh=refresh
+        feed_id=feed.id,
+        subdir=subdir,
+        connectors=feed.connectors,
+        version=version,
+        wait=wait,
+        refresh=refresh,
+        keep_cached=feed.keep_cached,
     )
     located = FeedSubdir(feed, snapshot, pending)
     if not pending:
@@ -159,6 +166,12 @@ def _locate(
         raise PackageNotFound(f"{subdir}/{filename} is not in feed {feed_name!r}")
     if snapshot.is_local(filename):
         return _blob(services, feed.id, subdir, filename, str(record["sha256"]), feed_name)
+    kept = snapshot.sticky.get(filename)
+    if kept is not None:  # removed upstream, kept here: only the cached copy can serve it
+        found = cached_blob(services, kept[0], feed.id, subdir, filename, record.get("sha256"))
+        if found is None:
+            raise PackageNotFound(f"{subdir}/{filename} was removed upstream and its cached copy is gone")
+        return found
     connector = _connector_listing(services, feed, subdir, filename)
     cached = cached_blob(services, connector.id, feed.id, subdir, filename, record.get("sha256"))
     if cached is not None:

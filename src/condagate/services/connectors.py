@@ -17,7 +17,7 @@ from condagate.services.context import Services
 from condagate.services.feeds import validate_feed_name
 from condagate.store import connectors as connector_store
 from condagate.store.models import Connector
-from condagate.upstream.connector import BUILT_IN_CONNECTORS, ConnectorConfig
+from condagate.upstream.connector import BUILT_IN_CONNECTORS, REDIRECT_POLICIES, SAME_ORIGIN, ConnectorConfig
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class ConnectorSpec:
     username: str = ""
     password: str = ""
     token: str = ""
+    allow_redirects: str = SAME_ORIGIN
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def config_of(row: Connector) -> ConnectorConfig:
         username=_open(row.username),
         password=_open(row.password),
         token=_open(row.token),
+        allow_redirects=row.allow_redirects,
     )
 
 
@@ -120,6 +122,8 @@ def _validate(spec: ConnectorSpec) -> None:
             raise BadRequest(f"the {label} has spaces at its ends or control characters (a newline?): remove them")
         if len(value) > 4096:
             raise BadRequest(f"the {label} is longer than 4096 characters")
+    if spec.allow_redirects not in REDIRECT_POLICIES:
+        raise BadRequest(f"allow_redirects must be one of {', '.join(REDIRECT_POLICIES)}")
     if spec.username and ":" in spec.username:
         raise BadRequest("a username may not contain ':'")
 
@@ -185,6 +189,7 @@ def create_connector(services: Services, spec: ConnectorSpec) -> ConnectorInfo:
                 username=_seal(spec.username),
                 password=_seal(spec.password),
                 token=_seal(spec.token),
+                allow_redirects=spec.allow_redirects,
             ),
         )
         return _info(services, row)

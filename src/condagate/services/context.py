@@ -59,10 +59,17 @@ class Services:
             with db.write() as session:
                 connector_store.record_health(session=session, **fields)
 
+        def record_listing(connector_id: int, subdir: str, listed: set[str]) -> None:
+            with db.write() as session:
+                connector_store.mark_removed_upstream(
+                    session=session, connector_id=connector_id, subdir=subdir, listed=listed
+                )
+
         upstream = UpstreamRepodataCache(
             settings.data_dir / "upstream",
             http,
             record_health,
+            record_listing=record_listing,
             concurrency=settings.upstream_concurrency,
             backoff_seconds=settings.upstream_backoff_seconds,
             max_backoff_seconds=settings.upstream_max_backoff_seconds,

@@ -58,17 +58,29 @@ class FeedInfo:
         return "proxy" if self.connectors else "hosted"
 
 
+UPSTREAM_REMOVALS = ("keep-cached", "follow-upstream")
+
+
 def create_feed(
-    services: Services, *, name: str, description: str = "", connectors: list[str] | None = None
+    services: Services,
+    *,
+    name: str,
+    description: str = "",
+    connectors: list[str] | None = None,
+    upstream_removals: str = "keep-cached",
 ) -> FeedInfo:
-    """A hosted feed, or with ``connectors`` (in order of precedence) a proxy feed that may also host."""
+    """A hosted feed, or with ``connectors`` (in order of precedence) a proxy feed that may also host.
+    ``upstream_removals``: whether a cached file stays listed once its upstream removes it."""
     validate_feed_name(name)
+    if upstream_removals not in UPSTREAM_REMOVALS:
+        raise BadRequest(f"upstream_removals must be one of {', '.join(UPSTREAM_REMOVALS)}")
     connectors = connectors or []
     if len(set(connectors)) != len(connectors):
         raise BadRequest("a connector is listed twice")
     with services.db.write() as session:
         connector_ids = [connector_store.get_connector(session=session, name=c).id for c in connectors]
         feed = feed_store.create_feed(session=session, name=name, description=description)
+        feed.upstream_removals = upstream_removals
         connector_store.set_feed_connectors(session=session, feed_id=feed.id, connector_ids=connector_ids)
         return FeedInfo(feed.name, feed.description, feed.created_at, 0, connectors)
 

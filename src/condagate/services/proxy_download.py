@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 import httpx
+import msgspec
 from anyio.to_thread import run_sync as run_in_threadpool
 
 from condagate.errors import CondagateError, UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
@@ -27,6 +28,7 @@ from condagate.services.context import Services
 from condagate.store import connectors as connector_store
 from condagate.store.blobs import IncomingBlob
 from condagate.store.locks import FileLock, held
+from condagate.upstream import http as upstream_http
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class UpstreamStream:
         Always releases the upstream response and the file's lock."""
         committed = False
         try:
-            async for chunk in self.response.aiter_raw():
+            async for chunk in upstream_http.aiter_body(self.response, self.item.connector.name):
                 incoming.write(chunk)
                 self.written = incoming.size
                 if self.size is not None and incoming.size > self.size:
@@ -65,8 +67,6 @@ class UpstreamStream:
             await run_in_threadpool(self._commit, incoming)
             committed = True
             return sha256
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"{self._what}: the upstream transfer broke off: {exc}") from exc
         finally:
             if not committed:
                 incoming.discard()
@@ -91,7 +91,11 @@ class UpstreamStream:
             await self._download(incoming)
             self.finished = True
         except BaseException as exc:
-            self.failure = exc if isinstance(exc, CondagateError) else UpstreamUnavailable(f"{self._what}: {exc}")
+            self.failure = (
+                exc
+                if isinstance(exc, CondagateError)
+                else UpstreamUnavailable(upstream_http.bounded_message(f"{self._what}: {type(exc).__name__}: {exc}"))
+            )
             log.error("%s", self.failure.message)
         finally:
             self._wake()
@@ -151,6 +155,9 @@ class UpstreamStream:
                     filename=self.item.filename,
                     sha256=sha256,
                     size=incoming.size,
+                    # kept so that the feed can go on listing the file if the upstream removes it
+                    record=msgspec.json.encode(self.item.record).decode(),
+                    name=str(self.item.record.get("name", "")),
                 )
         self.services.lookups.remember_cached_file(self.item.connector.id, self.item.subdir, self.item.filename, sha256)
         log.info("cached %s (%d bytes)", self._what, incoming.size)
@@ -170,21 +177,20 @@ async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlo
             lock.release()
             return cached
         url = connector.file_url(item.subdir, item.filename)
-        # identity: the bytes must be the file itself, or its sha256 and size cannot match the record
-        headers = {**connector.headers, "Accept-Encoding": "identity"}
-        request = services.http_async.build_request("GET", url, headers=headers, timeout=connector.timeout)
         try:
-            response = await services.http_async.send(request, stream=True, auth=connector.basic_auth)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"connector {connector.name!r}: {url} timed out: {exc}") from exc
-        except httpx.HTTPError as exc:
+            # identity: the bytes must be the file itself, or its sha256 and size cannot match the record
+            response = await upstream_http.open_stream(
+                services.http_async, connector, url, headers={"Accept-Encoding": "identity"}
+            )
+        except UpstreamUnavailable as exc:
             raise UpstreamUnavailable(
-                f"connector {connector.name!r} is unreachable and {item.filename} is not cached: {exc}"
-            ) from exc
+                upstream_http.bounded_message(f"{item.filename} is not cached, and {exc.message}")
+            ) from None
         if response.status_code != 200:
             await response.aclose()
-            raise UpstreamUnavailable(
-                f"connector {connector.name!r}: {url} answered {response.status_code} {response.reason_phrase}"
+            raise upstream_http.unavailable(
+                connector.name,
+                f"{upstream_http.shown(response.url)} answered {response.status_code} {response.reason_phrase[:60]}",
             )
         declared = response.headers.get("content-length")
         size = item.record.get("size")

@@ -21,6 +21,7 @@ from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
 from condagate.conda.records import decode_record
 from condagate.conda.repodata import compress_bz2, compress_zstd, encode_repodata
 from condagate.conda.shards import encode_shard, encode_shard_index
+from condagate.store import connectors as connector_store
 from condagate.store import packages as package_store
 from condagate.store.db import Database
 from condagate.store.packages import SubdirVersion
@@ -61,6 +62,8 @@ class SubdirSnapshot:
     zst: Encoded
     stale: list[tuple[int, str]] = field(default_factory=list)  # (connector id, last error)
     missing: list[int] = field(default_factory=list)  # connectors with no data at all (left out)
+    # Cached files the upstream no longer lists, kept in the feed: file name -> (connector id, since when)
+    sticky: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
     _previous_shards: dict[str, ShardEntry] | None = None
     _shards: dict[str, ShardEntry] | None = None
     _shard_index: Encoded | None = None
@@ -172,9 +175,16 @@ class RepodataCache:
         version: SubdirVersion | None = None,
         wait: bool = True,
         refresh: bool = True,
+        keep_cached: bool = True,
     ) -> SubdirSnapshot:
         return self.snapshot_and_pending(
-            feed_id=feed_id, subdir=subdir, connectors=connectors, version=version, wait=wait, refresh=refresh
+            feed_id=feed_id,
+            subdir=subdir,
+            connectors=connectors,
+            version=version,
+            wait=wait,
+            refresh=refresh,
+            keep_cached=keep_cached,
         )[0]
 
     def snapshot_and_pending(
@@ -186,6 +196,7 @@ class RepodataCache:
         version: SubdirVersion | None = None,
         wait: bool = True,
         refresh: bool = True,
+        keep_cached: bool = True,
     ) -> tuple[SubdirSnapshot, list[Pending]]:
         """The subdir's current snapshot, brought up to date with the database and with what the
         upstreams have *now* (a connector without data is left out and named in ``stale``), and the
@@ -207,7 +218,7 @@ class RepodataCache:
             if view.snapshot is None or view.snapshot.stale
         ]
         missing = [connector.id for connector, view in views if view.snapshot is None]
-        snapshot = self._current(key, feed_id, subdir, version, upstreams, upstream_version, stale, wait)
+        snapshot = self._current(key, feed_id, subdir, version, upstreams, upstream_version, stale, wait, keep_cached)
         snapshot.missing = missing
         return snapshot, pending
 
@@ -221,6 +232,7 @@ class RepodataCache:
         upstream_version: UpstreamVersion,
         stale: list[tuple[int, str]],
         wait: bool,
+        keep_cached: bool = True,
     ) -> SubdirSnapshot:
         current = self._snapshots.get(key)
         if current is not None and current.version == version and current.upstream_version == upstream_version:
@@ -238,7 +250,7 @@ class RepodataCache:
             current = self._snapshots.get(key)
             if current is not None and current.version == version and current.upstream_version == upstream_version:
                 return current
-            updated = self._rebuild(feed_id, subdir, current, upstreams)
+            updated = self._rebuild(feed_id, subdir, current, upstreams, keep_cached)
             updated.stale = stale
             self._snapshots[key] = updated
             return updated
@@ -246,7 +258,12 @@ class RepodataCache:
             lock.release()
 
     def _rebuild(
-        self, feed_id: int, subdir: str, current: SubdirSnapshot | None, upstreams: list[UpstreamSnapshot]
+        self,
+        feed_id: int,
+        subdir: str,
+        current: SubdirSnapshot | None,
+        upstreams: list[UpstreamSnapshot],
+        keep_cached: bool = True,
     ) -> SubdirSnapshot:
         with self._db.read() as session:
             version = package_store.subdir_version(session=session, feed_id=feed_id, subdir=subdir)
@@ -263,9 +280,11 @@ class RepodataCache:
             local_names[filename] = name
             newest = max(newest, revision)
         upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
+        sticky: dict[str, tuple[int, datetime | None]] = {}
         if upstreams and incremental and current is not None and current.upstream_version == upstream_version:
             # Only local records were added: lay them over the previous merge instead of redoing it.
             records, names = dict(current.records), dict(current.names)
+            sticky = current.sticky
             for filename, name, _record, _revision in rows:
                 records[filename] = local_records[filename]
                 names[filename] = name
@@ -276,6 +295,8 @@ class RepodataCache:
                 for filename, (name, raw) in upstream.records.items():
                     records[filename] = raw
                     names[filename] = name
+            if keep_cached:
+                sticky = self._sticky(subdir, upstreams, records, names)
             records.update(local_records)  # and the feed's own packages win over every connector
             names.update(local_names)
         else:
@@ -307,8 +328,26 @@ class RepodataCache:
             built_at=built_at,
             json=Encoded(body, json_etag, built_at),
             zst=Encoded(compress_zstd(body), json_etag.replace("-json", "-zst"), built_at),
+            sticky=sticky,
             _previous_shards=previous_shards,
         )
+
+    def _sticky(
+        self, subdir: str, upstreams: list[UpstreamSnapshot], records: dict[str, bytes], names: dict[str, str]
+    ) -> dict[str, tuple[int, datetime | None]]:
+        """Files this server cached and the upstream no longer lists stay installable: their records
+        (as listed when cached) join the merge, after every file the upstreams still list."""
+        order = {u.connector_id: position for position, u in enumerate(upstreams)}
+        with self._db.read() as session:
+            rows = connector_store.sticky_records(session=session, connector_ids=list(order), subdir=subdir)
+        sticky: dict[str, tuple[int, datetime | None]] = {}
+        for row in sorted(rows, key=lambda r: order[r.connector_id]):
+            if row.filename in records:
+                continue
+            records[row.filename] = row.record
+            names[row.filename] = row.name
+            sticky[row.filename] = (row.connector_id, row.removed_upstream_at)
+        return sticky
 
     def _retire(self, feed_id: int, subdir: str, shards: dict[str, ShardEntry]) -> None:
         for entry in shards.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select
@@ -136,7 +138,15 @@ def cached_package(*, session: Session, connector_id: int, subdir: str, filename
 
 
 def add_cached_package(
-    *, session: Session, connector_id: int, subdir: str, filename: str, sha256: str, size: int
+    *,
+    session: Session,
+    connector_id: int,
+    subdir: str,
+    filename: str,
+    sha256: str,
+    size: int,
+    record: str = "",
+    name: str = "",
 ) -> None:
     insert = _insert(session)
     session.execute(
@@ -148,9 +158,54 @@ def add_cached_package(
             sha256=sha256,
             size=size,
             cached_at=datetime.now(UTC),
+            record=record,
+            name=name,
         )
         .on_conflict_do_nothing()
     )
+
+
+@dataclass(frozen=True)
+class StickyRecord:
+    """A cached file's record, as the upstream listed it when the file was cached."""
+
+    connector_id: int
+    filename: str
+    name: str
+    record: bytes
+    removed_upstream_at: datetime | None
+
+
+def sticky_records(*, session: Session, connector_ids: list[int], subdir: str) -> list[StickyRecord]:
+    if not connector_ids:
+        return []
+    rows = session.execute(
+        select(
+            CachedPackage.connector_id,
+            CachedPackage.filename,
+            CachedPackage.name,
+            CachedPackage.record,
+            CachedPackage.removed_upstream_at,
+        ).where(
+            CachedPackage.connector_id.in_(connector_ids), CachedPackage.subdir == subdir, CachedPackage.record != ""
+        )
+    )
+    return [StickyRecord(cid, file, name, record.encode(), removed) for cid, file, name, record, removed in rows]
+
+
+def mark_removed_upstream(*, session: Session, connector_id: int, subdir: str, listed: Container[str]) -> int:
+    """Note when cached files disappear from (or come back to) the upstream's listing; returns how many changed."""
+    now = datetime.now(UTC)
+    changed = 0
+    for row in session.scalars(
+        select(CachedPackage).where(CachedPackage.connector_id == connector_id, CachedPackage.subdir == subdir)
+    ):
+        present = row.filename in listed
+        if present and row.removed_upstream_at is not None:
+            row.removed_upstream_at, changed = None, changed + 1
+        elif not present and row.removed_upstream_at is None:
+            row.removed_upstream_at, changed = now, changed + 1
+    return changed
 
 
 def cached_filenames(*, session: Session, connector_ids: list[int], filenames: list[str]) -> set[tuple[str, str]]:

@@ -8,6 +8,10 @@ import httpx
 
 from condagate.conda.filters import NameFilter
 
+SAME_ORIGIN = "same-origin"  # redirects within the connector's own scheme, host and port only (the default)
+ANY_PUBLIC = "any-public"  # redirects to other hosts too, if public (or of the connector's own internal kind)
+REDIRECT_POLICIES = (SAME_ORIGIN, ANY_PUBLIC)
+
 BUILT_IN_CONNECTORS: dict[str, str] = {
     "anaconda": "https://repo.anaconda.com/pkgs/main",
     "conda-forge": "https://conda.anaconda.org/conda-forge",
@@ -27,6 +31,7 @@ class ConnectorConfig:
     username: str = ""
     password: str = ""
     token: str = ""
+    allow_redirects: str = SAME_ORIGIN  # one of REDIRECT_POLICIES; enforced by upstream/http.py
 
     @property
     def name_filter(self) -> NameFilter:

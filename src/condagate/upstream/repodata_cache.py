@@ -101,7 +101,9 @@ class UpstreamRepodataCache:
         backoff_seconds: float = 30.0,
         max_backoff_seconds: float = 600.0,
         revalidate_wait_seconds: float = 0.5,
+        record_listing: Callable[[int, str, set[str]], None] | None = None,
     ) -> None:
+        self._record_listing = record_listing
         self._root = root
         self._http = http
         self._record_health = record_health
@@ -290,6 +292,11 @@ class UpstreamRepodataCache:
                 raise
             return replace(current, error=exc.message, error_at=time.time())
         elapsed = int((time.perf_counter() - started) * 1000)
+        if self._record_listing is not None and (current is None or snapshot.generation != current.generation):
+            try:
+                self._record_listing(connector.id, subdir, set(snapshot.records))
+            except Exception:  # bookkeeping of removed files must not fail a good fetch
+                log.exception("could not note which cached files %s/%s still lists", connector.name, subdir)
         self._record_health(
             connector_id=connector.id,
             subdir=subdir,

@@ -1,4 +1,11 @@
-"""Fetching one subdir's repodata from an upstream: zst first, conditional on the last ETag."""
+"""Fetching one subdir's repodata from an upstream: zst first, conditional on the last ETag.
+
+The whole fetch (both variants, redirects included) must finish within the connector's
+``timeout_seconds`` (``upstream/http.py``). What an upstream can make condagate hold is capped while
+it streams in (``RepodataLimits``): the body as received, the decompressed document, and how far
+any decompression may expand its input. Memory: the decompressed document plus, for .zst, the
+compressed bytes (kept on disk as received), plus one chunk.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,39 @@ import time
 from dataclasses import dataclass
 
 import httpx
-import zstandard
 
-from condagate.errors import UpstreamTimeout, UpstreamUnavailable
+from condagate.errors import UpstreamUnavailable
+from condagate.upstream import http as upstream_http
+from condagate.upstream.addresses import Resolver
 from condagate.upstream.connector import ConnectorConfig
+from condagate.upstream.decoding import (
+    CappedBuffer,
+    Corrupt,
+    LimitExceeded,
+    Tee,
+    Writer,
+    ZstdDecoder,
+    content_decoder,
+    human,
+)
 
-MAX_REPODATA_BYTES = 4 * 1024**3  # decompressed; conda-forge linux-64 is about 250 MB
+MiB = 1024**2
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class RepodataLimits:
+    """Caps on one subdir's repodata (conda-forge's largest, linux-64, is about 40 MB as .zst and
+    300 MB as JSON). Real repodata compresses 4- to 10-fold; a bomb, thousands-fold."""
+
+    max_json_bytes: int = 1 * GiB  # plain repodata.json, as received (after any Content-Encoding)
+    max_zst_bytes: int = 256 * MiB  # repodata.json.zst, as received
+    max_decompressed_bytes: int = 2 * GiB  # repodata.json.zst once decompressed
+    max_ratio: int = 100  # output : input of any decompression, once past ratio_floor
+    ratio_floor: int = 32 * MiB
+
+
+DEFAULT_LIMITS = RepodataLimits()
 
 
 @dataclass(frozen=True)
@@ -25,47 +59,89 @@ class FetchedRepodata:
     compressed: bytes | None = None  # the zstd bytes as received, kept on disk as they are
 
 
-def decompress_zstd(data: bytes) -> bytes:
+def decompress_zstd(data: bytes, limit: int = DEFAULT_LIMITS.max_decompressed_bytes) -> bytes:
+    """Decompress repodata condagate kept on disk (it passed the limits when it arrived)."""
+    document = CappedBuffer(limit, "the repodata")
     try:
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            chunks = []
-            total = 0
-            while chunk := reader.read(16 * 1024 * 1024):
-                total += len(chunk)
-                if total > MAX_REPODATA_BYTES:
-                    raise UpstreamUnavailable("the upstream repodata decompresses to more than 4 GiB")
-                chunks.append(chunk)
-        return b"".join(chunks)
-    except zstandard.ZstdError as exc:
-        raise UpstreamUnavailable(f"the upstream repodata.json.zst is corrupt: {exc}") from exc
+        ZstdDecoder(document, "the repodata").write(data)
+    except (LimitExceeded, Corrupt) as exc:
+        raise UpstreamUnavailable(f"the kept repodata.json.zst is unusable: {exc}") from None
+    return document.getvalue()
 
 
-def fetch_repodata(client: httpx.Client, connector: ConnectorConfig, subdir: str, etag: str = "") -> FetchedRepodata:
+def fetch_repodata(
+    client: httpx.Client,
+    connector: ConnectorConfig,
+    subdir: str,
+    etag: str = "",
+    *,
+    limits: RepodataLimits = DEFAULT_LIMITS,
+    resolver: Resolver | None = None,
+) -> FetchedRepodata:
     """GET ``repodata.json.zst`` (then ``repodata.json``) with ``If-None-Match``; raise on any failure."""
     started = time.perf_counter()
-    headers = dict(connector.headers)
-    if etag:
-        headers["If-None-Match"] = etag
+    deadline = upstream_http.Deadline(connector.timeout_seconds, connector.name)
     for variant in ("repodata.json.zst", "repodata.json"):
+        zst = variant.endswith(".zst")
+        # .zst is compressed already; plain JSON only in encodings decoded here with bounded memory
+        headers = {"Accept-Encoding": "identity" if zst else "gzip, zstd"}
+        if etag:
+            headers["If-None-Match"] = etag
         url = connector.file_url(subdir, variant)
-        try:
-            response = client.get(url, headers=headers, auth=connector.basic_auth, timeout=connector.timeout)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"connector {connector.name!r}: {url} timed out: {exc}") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"connector {connector.name!r}: {url} is unreachable: {exc}") from exc
-        elapsed = int((time.perf_counter() - started) * 1000)
-        if response.status_code == 304:
-            return FetchedRepodata(None, etag, elapsed)
-        if response.status_code == 404:
-            continue
-        if response.status_code != 200:
-            raise UpstreamUnavailable(
-                f"connector {connector.name!r}: {url} answered {response.status_code} {response.reason_phrase}"
-            )
-        etag_received = response.headers.get("etag", "")
-        if variant.endswith(".zst"):
-            compressed = response.content
-            return FetchedRepodata(decompress_zstd(compressed), etag_received, elapsed, compressed=compressed)
-        return FetchedRepodata(response.content, etag_received, elapsed)
+        with upstream_http.get(
+            client, connector, url, deadline=deadline, headers=headers, resolver=resolver
+        ) as response:
+            elapsed = int((time.perf_counter() - started) * 1000)
+            if response.status_code == 304:
+                return FetchedRepodata(None, etag, elapsed)
+            if response.status_code == 404:
+                continue
+            if response.status_code != 200:
+                raise upstream_http.unavailable(
+                    connector.name,
+                    f"{upstream_http.shown(response.url)} answered {response.status_code} "
+                    f"{response.reason_phrase[:60]}",
+                )
+            etag_received = response.headers.get("etag", "")
+            if zst:
+                compressed, body = _read(response, deadline, connector, limits, limits.max_zst_bytes, decompress=True)
+                return FetchedRepodata(body, etag_received, elapsed, compressed=compressed)
+            body, _ = _read(response, deadline, connector, limits, limits.max_json_bytes, decompress=False)
+            return FetchedRepodata(body, etag_received, elapsed)
     return FetchedRepodata(b"", "", int((time.perf_counter() - started) * 1000), missing=True)
+
+
+def _read(
+    response: httpx.Response,
+    deadline: upstream_http.Deadline,
+    connector: ConnectorConfig,
+    limits: RepodataLimits,
+    limit: int,
+    decompress: bool,
+) -> tuple[bytes, bytes]:
+    """The body as the file it is (capped at ``limit``) and, for .zst, decompressed (capped too)."""
+    where = upstream_http.shown(response.url)
+    name = response.url.path.rsplit("/", 1)[-1]
+    declared = response.headers.get("content-length", "")
+    encoding = response.headers.get("content-encoding", "")
+    if declared.isdigit() and int(declared) > limit and encoding.strip().lower() in ("", "identity"):
+        raise upstream_http.unavailable(connector.name, f"{where} is {declared} bytes, more than {human(limit)}")
+    received = CappedBuffer(limit, name)
+    decompressed = CappedBuffer(limits.max_decompressed_bytes, f"{name} decompressed")
+    target: Writer = received
+    document = None
+    if decompress:
+        document = ZstdDecoder(decompressed, name, limits.max_ratio, limits.ratio_floor)
+        target = Tee(received, document)
+    try:
+        decoder = content_decoder(encoding, target, name, limits.max_ratio, limits.ratio_floor)
+        wire = 0
+        for chunk in upstream_http.iter_body(response, deadline):
+            wire += len(chunk)
+            if wire > limit:
+                raise LimitExceeded(f"{name} is larger than {human(limit)}")
+            decoder.write(chunk)
+        decoder.finish()
+    except (LimitExceeded, Corrupt) as exc:
+        raise upstream_http.unavailable(connector.name, f"{where}: {exc}") from None
+    return received.getvalue(), decompressed.getvalue() if document is not None else b""

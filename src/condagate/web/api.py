@@ -22,6 +22,11 @@ class FeedCreate(BaseModel):
     name: str = Field(description="URL-safe feed name, e.g. private-conda")
     description: str = ""
     connectors: list[str] = Field(default=[], description="Connectors to proxy, first one wins a file name")
+    upstream_removals: str = Field(
+        default="keep-cached",
+        description="keep-cached: a file this feed cached stays installable after its upstream removes it; "
+        "follow-upstream: it disappears with the upstream's record",
+    )
 
 
 class ConnectorCreate(BaseModel):
@@ -35,6 +40,11 @@ class ConnectorCreate(BaseModel):
     username: str = ""
     password: str = ""
     token: str = ""
+    allow_redirects: str = Field(
+        default="same-origin",
+        description="same-origin: follow the upstream's redirects within its own origin only; "
+        "any-public: also to other public hosts (CDNs). Never to private, loopback or link-local addresses.",
+    )
 
 
 class RefreshRequest(BaseModel):
@@ -73,7 +83,11 @@ async def list_feeds(request: Request) -> list[dict[str, Any]]:
 async def create_feed(request: Request, body: FeedCreate) -> dict[str, Any]:
     info = await run_in_threadpool(
         lambda: feeds.create_feed(
-            _services(request), name=body.name, description=body.description, connectors=body.connectors
+            _services(request),
+            name=body.name,
+            description=body.description,
+            connectors=body.connectors,
+            upstream_removals=body.upstream_removals,
         )
     )
     return feed_json(request, info)
