@@ -64,3 +64,57 @@ class Tarpit:
                 with contextlib.suppress(OSError):
                     client.close()
         time.sleep(0.05)
+
+
+class ThrottledRelay:
+    """A TCP relay on 127.0.0.1 in front of ``target_port`` that passes the server's answer on at
+    ``bytes_per_second``: a slow upstream with real content. Counts bytes relayed to clients."""
+
+    def __init__(self, target_port: int, bytes_per_second: int) -> None:
+        self.target_port = target_port
+        self.rate = bytes_per_second
+        self.relayed = 0
+        self.closed_early = 0
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError), client, socket.create_connection(("127.0.0.1", self.target_port)) as server:
+            request = client.recv(65536)
+            server.sendall(request)
+            chunk = max(1, self.rate // 20)
+            while not self._stopped.is_set():
+                data = server.recv(chunk)
+                if not data:
+                    return
+                try:
+                    client.sendall(data)
+                except OSError:
+                    self.closed_early += 1
+                    return
+                self.relayed += len(data)
+                time.sleep(len(data) / self.rate)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._sock.close()

@@ -19,7 +19,8 @@ CondagateError                 (500, internal)
 ├── UpstreamError              (502, upstream_error)
 │   ├── UpstreamUnavailable    (502, upstream_unavailable)
 │   └── UpstreamMismatch       (502, upstream_mismatch)
-└── UpstreamTimeout            (504, upstream_timeout)
+├── UpstreamTimeout            (504, upstream_timeout)
+└── Busy                       (503, busy)
 """
 
 from __future__ import annotations
@@ -117,3 +118,10 @@ class UpstreamMismatch(UpstreamError):
 class UpstreamTimeout(CondagateError):
     status_code = 504
     code = "upstream_timeout"
+
+
+class Busy(CondagateError):
+    """Too much work of one kind in flight right now (a bound, not a failure): try again later."""
+
+    status_code = 503
+    code = "busy"

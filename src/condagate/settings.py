@@ -35,6 +35,7 @@ class Settings:
     upstream_backoff_seconds: float = 30.0  # after a failed fetch, no new one for this long (doubling)
     upstream_max_backoff_seconds: float = 600.0
     revalidate_wait_seconds: float = 0.5  # lifetime 0: how long a request waits for the revalidation
+    proxy_max_inflight_bytes: int = 8 * 1024**3  # upstream files being downloaded at once, per connector
     log_level: str = "info"
     workers: int = 1
     # Security: see docs/security.md.

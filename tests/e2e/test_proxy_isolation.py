@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from conftest import upload
 from package_factory import PackageSpec, write_package
 from rattler_client import solve_and_install
 from servers import Server, start_server
-from tarpit import Tarpit
+from tarpit import Tarpit, ThrottledRelay
 from upstream_channel import UpstreamChannel
 
 
@@ -153,3 +154,58 @@ def test_a_served_file_stays_installable_after_the_upstream_removes_it(
     assert not files["numpy-2.0.0-py311h0_0.conda"]["removed_upstream_at"]
     again = solve_and_install(channel_url, ["numpy ==1.26.4"], tmp_path / "again")
     assert "numpy=1.26.4=py311h0_0" in again
+
+
+@pytest.fixture(scope="module")
+def streaming_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Every upstream file streams to its client (none is fetched whole before the first byte)."""
+    server = start_server(
+        tmp_path_factory.mktemp("streaming") / "data", extra_env={"CONDAGATE_PROXY_VERIFY_BEFORE_SEND_BYTES": "1024"}
+    )
+    yield server
+    server.stop()
+
+
+def _cached_files(server: Server, connector: str) -> int:
+    with server.admin() as admin:
+        return int(admin.get(f"/api/connectors/{connector}").json()["cached_files"])
+
+
+def _temp_files(server: Server) -> list[str]:
+    return [p.name for p in (server.data_dir / "blobs").rglob("*") if p.is_file() and "tmp" in p.parts]
+
+
+def test_a_download_nobody_waits_for_stops_unless_it_is_mirrored(
+    streaming_server: Server, upstream: UpstreamChannel
+):
+    server = streaming_server
+    big = upstream.add(PackageSpec("big", "1.0", "0", subdir="noarch", files={"payload.bin": os.urandom(4_000_000)}))
+    upstream.index()
+    relay = ThrottledRelay(upstream.port, bytes_per_second=1_000_000)  # 4 s for the whole file
+    try:
+        connector = _connector(server, f"http://127.0.0.1:{relay.port}", timeout_seconds=10)
+        feed = _feed(server, [connector])
+        path = f"/conda/{feed}/noarch/{big.name}"
+        with server.client() as client:
+            assert client.get(f"/conda/{feed}/noarch/repodata.json").status_code == 200
+            with client.stream("GET", path) as response:  # an anonymous client that gives up early
+                assert response.status_code == 200
+                next(response.iter_bytes(65536))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_temp_files(server) or relay.closed_early == 0):
+            time.sleep(0.1)
+        assert _temp_files(server) == [] and relay.closed_early == 1  # stopped: nothing kept, upstream let go
+        assert relay.relayed < big.stat().st_size
+        assert _cached_files(server, connector) == 0
+        # Mirroring (a caller allowed to add to the feed) finishes the download after the client leaves.
+        with server.admin() as admin, admin.stream("GET", path, params={"mirror": "1"}) as response:
+            assert response.status_code == 200
+            next(response.iter_bytes(65536))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _cached_files(server, connector) == 0:
+            time.sleep(0.2)
+        assert _cached_files(server, connector) == 1
+        with server.client() as client:
+            assert client.get(path).content == big.read_bytes()
+    finally:
+        relay.stop()

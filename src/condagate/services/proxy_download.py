@@ -21,7 +21,7 @@ import httpx
 import msgspec
 from anyio.to_thread import run_sync as run_in_threadpool
 
-from condagate.errors import CondagateError, UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
+from condagate.errors import Busy, CondagateError, UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
 from condagate.services.blob_cleanup import blob_lock_name
 from condagate.services.channel import PackageBlob, UpstreamPackage, cached_blob
 from condagate.services.context import Services
@@ -36,17 +36,29 @@ log = logging.getLogger(__name__)
 class UpstreamStream:
     """An open upstream response and the lock that makes it the only download of its file."""
 
-    def __init__(self, services: Services, item: UpstreamPackage, response: httpx.Response, lock: FileLock) -> None:
+    def __init__(
+        self,
+        services: Services,
+        item: UpstreamPackage,
+        response: httpx.Response,
+        lock: FileLock,
+        keep_going: bool = False,
+    ) -> None:
         self.services = services
         self.item = item
         self.response = response
         self.lock = lock
+        # Mirroring: finish the download even when the client that started it leaves.
+        self.keep_going = keep_going
         size = item.record.get("size")
         self.size = int(size) if isinstance(size, int) else None
+        # Without a size in the record, the upload limit bounds what one download may write.
+        self.limit = self.size if self.size is not None else services.settings.max_upload_bytes
         self.written = 0
         self.finished = False
         self.failure: CondagateError | None = None
         self._progress = asyncio.Event()
+        self._started = False
         self._reader: BinaryIO
         self._task: asyncio.Task[None]
 
@@ -58,8 +70,8 @@ class UpstreamStream:
             async for chunk in upstream_http.aiter_body(self.response, self.item.connector.name):
                 incoming.write(chunk)
                 self.written = incoming.size
-                if self.size is not None and incoming.size > self.size:
-                    raise UpstreamMismatch(f"{self._what} is larger than its repodata record says")
+                if incoming.size > self.limit:
+                    raise UpstreamMismatch(f"{self._what} is larger than its repodata record says (or than allowed)")
                 self._wake()
             await run_in_threadpool(incoming.finish)  # fsync: not on the event loop
             self._verify(incoming)
@@ -72,6 +84,7 @@ class UpstreamStream:
                 incoming.discard()
             await self.response.aclose()
             self.lock.release()
+            _in_flight.release(self.item.connector.id, self.limit)
 
     async def fetch_whole(self) -> PackageBlob:
         """Download, verify and cache the whole file before answering (small files)."""
@@ -85,8 +98,18 @@ class UpstreamStream:
         incoming = self.services.blobs.incoming()
         self._reader = incoming.path.open("rb")  # opened now: the temp file is renamed or removed later
         self._task = asyncio.create_task(self._run(incoming))
+        self._task.add_done_callback(lambda task: self._cancelled_before_start(task, incoming))
+
+    def _cancelled_before_start(self, task: asyncio.Task[None], incoming: IncomingBlob) -> None:
+        """A task cancelled before its first step never ran ``_download``'s clean-up: do it here."""
+        if task.cancelled() and not self._started:
+            incoming.discard()
+            self.lock.release()
+            _in_flight.release(self.item.connector.id, self.limit)
+            asyncio.get_running_loop().create_task(self.response.aclose())
 
     async def _run(self, incoming: IncomingBlob) -> None:
+        self._started = True
         try:
             await self._download(incoming)
             self.finished = True
@@ -124,6 +147,9 @@ class UpstreamStream:
                     await progress.wait()
         finally:
             self._reader.close()
+            if not self.finished and self.failure is None and not self.keep_going:
+                # The client left and nobody else reads this download: stop it, keep nothing.
+                self._task.cancel()
 
     @property
     def _what(self) -> str:
@@ -163,8 +189,37 @@ class UpstreamStream:
         log.info("cached %s (%d bytes)", self._what, incoming.size)
 
 
-async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlob | UpstreamStream:
-    """Either the file is cached by now (another request fetched it), or an open upstream stream."""
+class _InFlight:
+    """Bytes of upstream files being downloaded per connector (this process): temp space is bounded."""
+
+    def __init__(self) -> None:
+        self._bytes: dict[int, int] = {}
+
+    def reserve(self, connector_id: int, size: int, limit: int, connector: str) -> None:
+        current = self._bytes.get(connector_id, 0)
+        if current and current + size > limit:
+            raise Busy(
+                f"connector {connector!r} already has {current} bytes of downloads in flight "
+                f"(limit {limit}): try again shortly"
+            )
+        self._bytes[connector_id] = current + size
+
+    def release(self, connector_id: int, size: int) -> None:
+        left = self._bytes.get(connector_id, 0) - size
+        if left > 0:
+            self._bytes[connector_id] = left
+        else:
+            self._bytes.pop(connector_id, None)
+
+
+_in_flight = _InFlight()
+
+
+async def open_upstream(
+    services: Services, item: UpstreamPackage, keep_going: bool = False
+) -> PackageBlob | UpstreamStream:
+    """Either the file is cached by now (another request fetched it), or an open upstream stream.
+    ``keep_going``: finish the download even if the client leaves (mirroring)."""
     connector = item.connector
     lock = FileLock(services.locks_dir, f"{connector.id}/{item.subdir}/{item.filename}")
     if not await lock.acquire(timeout=connector.timeout_seconds * 10):
@@ -200,7 +255,12 @@ async def open_upstream(services: Services, item: UpstreamPackage) -> PackageBlo
                 f"connector {connector.name!r}: {item.filename} is {declared} bytes upstream, "
                 f"but its repodata record says {size}"
             )
-        stream = UpstreamStream(services, item, response, lock)
+        stream = UpstreamStream(services, item, response, lock, keep_going)
+        try:
+            _in_flight.reserve(connector.id, stream.limit, services.settings.proxy_max_inflight_bytes, connector.name)
+        except Busy:
+            await response.aclose()
+            raise
         if stream.size is not None and stream.size <= services.settings.proxy_verify_before_send_bytes:
             return await stream.fetch_whole()
         stream.start()

@@ -132,7 +132,11 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
     if isinstance(found, channel.UpstreamPackage):
         if request.method == "HEAD":
             return _upstream_head(found)
-        found_or_stream = await open_upstream(services, found)
+        # Mirroring (condagate mirror) finishes a download whose client leaves; for anyone else a
+        # download nobody waits for stops. Only callers who may add to the feed can ask for that.
+        mirroring = bool(request.query_params.get("mirror"))
+        keep_going = mirroring and request.state.principal.may(Permission.ADD, feed)
+        found_or_stream = await open_upstream(services, found, keep_going=keep_going)
         if not isinstance(found_or_stream, channel.PackageBlob):
             if not request.query_params.get("mirror"):
                 services.downloads.record(
