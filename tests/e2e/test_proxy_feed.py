@@ -202,7 +202,10 @@ def test_a_stalled_client_does_not_hold_up_others(tmp_path: Path, upstream: Upst
         httpx.get(f"{server.url}/conda/{feed}/linux-64/repodata.json")
         with httpx.stream("GET", url, timeout=30) as stalled:
             assert stalled.status_code == 200
-            next(stalled.iter_raw(65536))  # reads a little, then stops reading
+            # Reads a little, then stops reading (the iterator is kept: dropping it would close the
+            # connection, and a download nobody waits for any more is stopped).
+            chunks = stalled.iter_raw(65536)
+            next(chunks)
             started = time.monotonic()
             second = httpx.get(url, timeout=30)
             assert second.status_code == 200 and second.content == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import time
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import zstandard
 
 from conftest import upload
 from package_factory import PackageSpec, write_package
@@ -209,3 +211,48 @@ def test_a_download_nobody_waits_for_stops_unless_it_is_mirrored(
             assert client.get(path).content == big.read_bytes()
     finally:
         relay.stop()
+
+
+def _inject(upstream: UpstreamChannel, subdir: str, extra: dict[str, bytes]) -> None:
+    """Add raw (possibly hostile) records to the upstream's repodata, in .json and .zst."""
+    path = upstream.root / subdir / "repodata.json"
+    text = path.read_bytes()
+    marker = b'"packages.conda":{'
+    compact = json.dumps(json.loads(text), separators=(",", ":")).encode()
+    assert marker in compact
+    injected = b"".join(json.dumps(name).encode() + b":" + raw + b"," for name, raw in extra.items())
+    body = compact.replace(marker, marker + injected, 1)
+    path.write_bytes(body)
+    path.with_suffix(".json.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+
+
+def test_hostile_upstream_records_are_dropped_not_served(isolated_server: Server, upstream: UpstreamChannel):
+    server = isolated_server
+    good = {"name": "evil", "version": "1.0", "build": "0", "build_number": 0, "depends": [], "subdir": "linux-64"}
+    deep = b"[" * 3000 + b"]" * 3000
+    hostile = {
+        "evil-1.0-0.conda": json.dumps({**good, "url": "https://elsewhere.example/evil.conda",
+                                        "channel": "https://elsewhere.example"}).encode(),
+        "evil-1.1-0.conda": json.dumps({**good, "version": "1.1", "size": 2**64}).encode(),
+        "evil-1.2-0.conda": json.dumps({**good, "version": "1.2"}).encode()[:-1] + b',"x":' + deep + b"}",
+        "evil-1.3-0\x07.conda": json.dumps({**good, "version": "1.3", "build": "0\x07"}).encode(),
+        "evil-1.4-0.conda": json.dumps({**good, "version": "1.4", "build_number": -5}).encode(),
+        "evil-1.5-0.conda": json.dumps({**good, "version": "1.5", "depends": "notalist"}).encode(),
+    }
+    _inject(upstream, "linux-64", hostile)
+    connector = _connector(server, upstream.url)
+    feed = _feed(server, [connector])
+    with server.client() as client:
+        response = client.get(f"/conda/{feed}/linux-64/repodata.json")
+        assert response.status_code == 200, response.text
+        listed = response.json()["packages.conda"]
+        assert client.get(f"/conda/{feed}/linux-64/repodata_shards.msgpack.zst").status_code == 200
+    assert "numpy-2.0.0-py311h0_0.conda" in listed  # the good records beside them survive
+    evil = {name: record for name, record in listed.items() if name.startswith("evil")}
+    assert list(evil) == ["evil-1.0-0.conda"]  # the only one that is fine once url/channel are removed
+    assert "url" not in evil["evil-1.0-0.conda"] and "channel" not in evil["evil-1.0-0.conda"]
+    with server.admin() as admin:
+        health = admin.get(f"/api/connectors/{connector}").json()["health"]
+    linux = next(state for state in health if state["subdir"] == "linux-64")
+    assert linux["dropped_records"] == 5
+    assert len(linux["dropped_examples"]) == 5 and all(reason for _, reason in linux["dropped_examples"])

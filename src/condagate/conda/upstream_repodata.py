@@ -1,18 +1,26 @@
 """Reading an upstream channel's repodata without building a tree of Python objects per record.
 
 conda-forge's linux-64 repodata has hundreds of thousands of records; each is kept as its raw JSON
-bytes (msgspec ``Raw``), keyed by file name. Only the package name is looked at, for filters and shards.
+bytes (msgspec ``Raw``), keyed by file name, once ``record_checks`` has passed it. Upstreams are not
+trusted: a record that would break the subdir for clients is dropped and counted; only a document
+that is not repodata at all is refused. A cheap scan bounds the document's nesting before msgspec
+(which recurses) sees it; a document msgspec cannot take whole is cut into records by ``_Scanner``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import msgspec
 
 from condagate.conda.filters import NameFilter
+from condagate.conda.record_checks import MAX_DEPTH, RecordRejected, check_bounded_record, nests_at_most, shown
 from condagate.errors import BadRequest
+
+MAX_REASONS = 10  # the first dropped records, with why, for the connector's page and the log
 
 
 class UpstreamRepodataInvalid(BadRequest):
@@ -21,7 +29,6 @@ class UpstreamRepodataInvalid(BadRequest):
 
 class _Info(msgspec.Struct):
     subdir: str | None = None
-    base_url: str | None = None
 
 
 class _Repodata(msgspec.Struct):
@@ -30,52 +37,221 @@ class _Repodata(msgspec.Struct):
     packages_conda: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict, name="packages.conda")
 
 
-class _RecordIdentity(msgspec.Struct):
-    """What every record must have to be listed and solved; other fields pass through untouched."""
-
-    name: str
-    version: str
-    build: str = ""
-    build_number: int = 0
-
-
 _decode_repodata = msgspec.json.Decoder(_Repodata).decode
-_decode_identity = msgspec.json.Decoder(_RecordIdentity).decode
+_decode_info = msgspec.json.Decoder(_Info | None).decode
+_decode_text = msgspec.json.Decoder(str).decode
 
 
 @dataclass(frozen=True)
 class UpstreamRecords:
-    """File name -> (package name, raw record JSON bytes)."""
+    """File name -> (package name, raw record JSON bytes); and the records dropped as unservable."""
 
     subdir: str | None
     records: dict[str, tuple[str, bytes]]
+    dropped: int = 0
+    drop_reasons: tuple[tuple[str, str], ...] = ()  # (file name made safe to show, reason), the first few
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def parse_upstream_repodata(body: bytes, name_filter: NameFilter | None = None) -> UpstreamRecords:
-    """Parse repodata.json bytes; drop records the filter refuses. ``base_url`` is never passed on:
-    package URLs must point at condagate, so records stay relative to the served subdir."""
-    try:
-        document = _decode_repodata(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise UpstreamRepodataInvalid(f"the upstream repodata is not valid: {exc}") from exc
+def parse_upstream_repodata(
+    body: bytes,
+    name_filter: NameFilter | None = None,
+    *,
+    checked: Mapping[str, tuple[str, bytes]] | None = None,
+) -> UpstreamRecords:
+    """Parse repodata.json bytes; drop records that fail the checks or the filter. ``base_url``,
+    and each record's ``url`` and ``channel``, are never passed on: package URLs must point at
+    condagate, so records stay relative to the served subdir. Raises ``UpstreamRepodataInvalid``
+    only for a document that is not repodata; never for a record.
+
+    ``checked``: records this function returned before (the last snapshot's): one whose file name and
+    bytes are unchanged is not checked again. A refresh of a big channel changes few records."""
+    # doc, packages, record: a record's containers open at most MAX_DEPTH levels below that.
+    document = _decode_whole(body) if nests_at_most(body, 3 + MAX_DEPTH) else None
+    if document is None:
+        subdir, entries = _scan(body)
+    else:
+        subdir = document.info.subdir if document.info else None
+        groups = (document.packages, document.packages_conda)
+        entries = ((filename, raw, "") for group in groups for filename, raw in group.items())
+    checked = checked or {}
     records: dict[str, tuple[str, bytes]] = {}
-    for group in (document.packages, document.packages_conda):
-        for filename, raw in group.items():
-            for name, record in _records_passing(filename, raw, name_filter):
-                records[filename] = (name, record)
-    return UpstreamRecords(document.info.subdir if document.info else None, records)
+    dropped: list[tuple[str, str]] = []
+    for filename, raw, problem in entries:
+        record = bytes(raw)
+        known = checked.get(filename)
+        if known is not None and known[1] == record and not problem:
+            name, record = known
+        else:
+            try:
+                if problem:
+                    raise RecordRejected(problem)
+                name, record = check_bounded_record(filename, record)  # the document's nesting is bounded
+            except RecordRejected as exc:
+                dropped.append((shown(filename), exc.reason))
+                continue
+        if name_filter is None or name_filter.allows(name):
+            records[filename] = (name, record)
+    return UpstreamRecords(subdir, records, len(dropped), tuple(dropped[:MAX_REASONS]))
 
 
-def _records_passing(filename: str, raw: msgspec.Raw, name_filter: NameFilter | None) -> Iterator[tuple[str, bytes]]:
-    if "/" in filename or "\\" in filename or not filename.endswith((".conda", ".tar.bz2")):
-        return  # a file name that would not be a safe URL segment below the subdir
-    record = bytes(raw)
+_Entry = tuple[str, bytes | msgspec.Raw, str]  # file name, record, a problem found by _scan ("" if none)
+
+
+def _decode_whole(body: bytes) -> _Repodata | None:
+    """The document, or None when a record in it is not JSON msgspec takes (left to ``_scan``)."""
     try:
-        name = _decode_identity(record).name
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return
-    if name_filter is None or name_filter.allows(name):
-        yield name, record
+        return _decode_repodata(body)
+    except msgspec.ValidationError as exc:  # valid JSON, but not shaped like repodata
+        raise UpstreamRepodataInvalid(f"the upstream repodata is not valid: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+# -- cutting a document msgspec cannot take whole into records -----------------------------------------
+
+_WS = rb"[ \t\r\n]*+"
+_STR = rb'"(?:[^"\\]++|\\.)*+"'
+_FLAT = rb'(?:[^"\[\]{}]++|' + _STR + rb")*+"  # text and strings, no brackets
+_WHITESPACE = re.compile(_WS)
+_STRING = re.compile(_STR, re.DOTALL)
+_KEY = re.compile(_WS + b"(" + _STR + b")" + _WS + b":" + _WS, re.DOTALL)  # a member's key, up to its value
+_AFTER_VALUE = re.compile(_WS + rb"([,}])")
+_EMPTY_OBJECT_END = re.compile(_WS + rb"\}")
+_SCALAR = re.compile(rb"[A-Za-z0-9+\-.]++")  # numbers, true, false, null; msgspec judges them later
+_TO_BRACKET = re.compile(_FLAT, re.DOTALL)
+_OPEN = frozenset(b"[{")
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+
+
+def _scan(body: bytes) -> tuple[str | None, Iterator[_Entry]]:
+    """Read the top levels without recursion: a record too deep, or not JSON, is dropped on its own."""
+    scanner = _Scanner(body)
+    subdir: str | None = None
+    groups: list[list[_Entry]] = []
+    for token in scanner.members():
+        key = _text(token)
+        if key is None:
+            scanner.fail("a key is not valid JSON text")
+        if key in ("packages", "packages.conda"):
+            groups.append(list(scanner.records()))
+        elif key == "info":
+            start, depth = scanner.pos, scanner.value()
+            if depth > MAX_DEPTH:
+                scanner.fail("info nests too deeply")
+            try:
+                info = _decode_info(body[start : scanner.pos])
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+                raise UpstreamRepodataInvalid(f"the upstream repodata's info is not valid: {exc}") from None
+            subdir = info.subdir if info else None
+        else:
+            scanner.value()
+    scanner.skip_whitespace()
+    if scanner.pos != len(body):
+        scanner.fail("data after the document")
+    return subdir, (entry for group in groups for entry in group)
+
+
+class _Scanner:
+    """A cursor over a JSON document that steps over values by their brackets, with a stack of its own."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.pos = 0
+
+    def fail(self, what: str) -> NoReturn:
+        raise UpstreamRepodataInvalid(f"the upstream repodata is not valid JSON: {what} at byte {self.pos}")
+
+    def skip_whitespace(self) -> None:
+        self.pos = _match(_WHITESPACE, self.body, self.pos).end()
+
+    def expect(self, char: bytes) -> None:
+        self.skip_whitespace()
+        if self.body[self.pos : self.pos + 1] != char:
+            self.fail(f"expected {char.decode()!r}")
+        self.pos += 1
+
+    def members(self) -> Iterator[bytes]:
+        """Each key (its JSON token) of the object at the cursor; the caller reads the value."""
+        self.expect(b"{")
+        empty = _EMPTY_OBJECT_END.match(self.body, self.pos)
+        if empty is not None:
+            self.pos = empty.end()
+            return
+        while True:
+            key = _KEY.match(self.body, self.pos)
+            if key is None:
+                self.fail("expected a key and ':'")
+            self.pos = key.end()
+            yield key.group(1)
+            after = _AFTER_VALUE.match(self.body, self.pos)
+            if after is None:
+                self.fail("expected ',' or '}'")
+            self.pos = after.end()
+            if after.group(1) == b"}":
+                return
+
+    def records(self) -> Iterator[_Entry]:
+        for key in self.members():
+            start, depth = self.pos, self.value()
+            raw = self.body[start : self.pos]
+            filename = _text(key)
+            if filename is None:
+                yield key[1:-1].decode(errors="replace"), b"", "the file name is not valid JSON text"
+                continue
+            problem = f"the record nests deeper than {MAX_DEPTH} levels" if depth - 1 > MAX_DEPTH else ""
+            yield filename, raw, problem
+
+    def value(self) -> int:
+        """Step over the value at the cursor; return how deep its containers nest (0 for a scalar)."""
+        body, pos = self.body, self.pos
+        first = body[pos : pos + 1]
+        if first == b"{" and (end := body.find(b"}", pos) + 1) and _flat_object(body[pos:end]):
+            self.pos = end  # most records: found without stepping from bracket to bracket
+            return 2
+        if first == b'"' or first not in (b"{", b"["):
+            token = (_STRING if first == b'"' else _SCALAR).match(body, pos)
+            if token is None:
+                self.fail("expected a value")
+            self.pos = token.end()
+            return 0
+        closing = bytearray()  # the bracket each open container expects
+        deepest = 0
+        while pos < len(body):
+            char = body[pos]
+            if char in _OPEN:
+                closing.append(char + 2)  # '[' + 2 == ']', '{' + 2 == '}'
+                deepest = max(deepest, len(closing))
+            elif closing and char == closing[-1]:
+                closing.pop()
+                if not closing:
+                    self.pos = pos + 1
+                    return deepest
+            else:
+                self.pos = pos
+                self.fail("an unterminated string" if char == ord('"') else "a mismatched bracket")
+            pos = _match(_TO_BRACKET, body, pos + 1).end()
+        self.pos = pos
+        self.fail("unexpected end")
+
+
+def _flat_object(span: bytes) -> bool:
+    """Whether ``span`` is an object whose values are scalars or arrays of scalars, ending at its last
+    byte: without escapes, quotes pair up as strings; with no bracket inside a string, every "" pair
+    drops out of the skeleton, and one pass over what is left must leave just the braces."""
+    return b"\\" not in span and span.translate(None, _NOT_STRUCTURE).replace(b'""', b"").replace(b"[]", b"") == b"{}"
+
+
+def _text(token: bytes) -> str | None:
+    try:
+        return _decode_text(token)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):  # e.g. a lone surrogate
+        return None
+
+
+def _match(pattern: re.Pattern[bytes], body: bytes, pos: int) -> re.Match[bytes]:
+    found = pattern.match(body, pos)
+    assert found is not None  # the pattern matches the empty string
+    return found

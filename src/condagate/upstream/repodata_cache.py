@@ -258,6 +258,7 @@ class UpstreamRepodataCache:
 
     def _refresh(self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None) -> UpstreamSnapshot:
         started = time.perf_counter()
+        dropped: tuple[int, str] | None = None  # (count, examples as JSON) when the records were parsed
         try:
             fetched = fetch_repodata(self._http, connector, subdir, current.etag if current else "")
             if fetched.body is None and current is not None:
@@ -266,8 +267,17 @@ class UpstreamRepodataCache:
                 parsed = (
                     UpstreamRecords(subdir, {})
                     if fetched.missing or fetched.body is None
-                    else parse_upstream_repodata(fetched.body, connector.name_filter)
+                    else parse_upstream_repodata(
+                        # records unchanged since the last fetch are not checked again
+                        fetched.body, connector.name_filter, checked=current.records if current else None
+                    )
                 )
+                if parsed.dropped:
+                    log.warning(
+                        "connector %s, subdir %s: dropped %d unservable records, e.g. %s",
+                        connector.name, subdir, parsed.dropped, parsed.drop_reasons[:3],
+                    )
+                dropped = (parsed.dropped, json.dumps([list(reason) for reason in parsed.drop_reasons]))
                 if fetched.body:
                     self._save(connector, subdir, fetched.compressed or compress_zstd(fetched.body), fetched.etag)
                 snapshot = UpstreamSnapshot(
@@ -304,6 +314,7 @@ class UpstreamRepodataCache:
             response_ms=elapsed,
             etag=snapshot.etag,
             records=len(snapshot.records),
+            dropped=dropped,
         )
         return snapshot
 
