@@ -103,8 +103,14 @@ class RangeNotSatisfiable(CondagateError):
 
 
 class UpstreamError(CondagateError):
+    """``public``: what callers who are not administrators read instead of the upstream's details."""
+
     status_code = 502
     code = "upstream_error"
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -112,12 +118,21 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamMismatch(UpstreamError):
+    """Condagate's own finding (size or checksum differ from the record): safe for everyone to read."""
+
     code = "upstream_mismatch"
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message, public if public is not None else message)
 
 
 class UpstreamTimeout(CondagateError):
     status_code = 504
     code = "upstream_timeout"
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class Busy(CondagateError):

@@ -146,7 +146,7 @@ def test_corrupt_or_truncated_upstream_files_are_never_cached(server: Server, up
     _, feed = make_proxy_feed(server, upstream.url)
     path = f"/conda/{feed}/linux-64/numpy-1.26.4-py311h0_0.conda"
     good = (upstream.root / "linux-64" / "numpy-1.26.4-py311h0_0.conda").read_bytes()
-    with server.client() as client:
+    with server.admin() as client:  # administrators read the upstream's details; others a fixed phrase
         client.get(f"/conda/{feed}/linux-64/repodata.json")
         blobs = _blob_files(server)
         for fault, message in (("wrong_bytes", "sha256 differs"), ("truncate", "broke off")):

@@ -256,3 +256,21 @@ def test_hostile_upstream_records_are_dropped_not_served(isolated_server: Server
     linux = next(state for state in health if state["subdir"] == "linux-64")
     assert linux["dropped_records"] == 5
     assert len(linux["dropped_examples"]) == 5 and all(reason for _, reason in linux["dropped_examples"])
+
+
+def test_upstream_details_are_for_administrators_only(isolated_server: Server, upstream: UpstreamChannel):
+    server = isolated_server
+    connector = _connector(server, upstream.url)
+    feed = _feed(server, [connector])
+    path = f"/conda/{feed}/linux-64/numpy-1.26.4-py311h0_0.conda"
+    with server.client() as anonymous, server.admin() as admin:
+        assert anonymous.get(f"/conda/{feed}/linux-64/repodata.json").status_code == 200
+        upstream.faults.status = 500
+        upstream.faults.paths = (".conda",)
+        public = anonymous.get(path)
+        detailed = admin.get(path)
+    assert public.status_code == detailed.status_code == 502
+    shown = public.json()["error"]["message"]
+    assert connector in shown and "numpy-1.26.4-py311h0_0.conda" in shown  # says what and through which connector
+    assert "500" not in shown and str(upstream.port) not in shown  # but not what the upstream answered, or where
+    assert "500" in detailed.json()["error"]["message"]

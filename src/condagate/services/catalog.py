@@ -327,11 +327,19 @@ def upstream_states(services: Services, *, feed: str, subdirs: list[str]) -> lis
     states = []
     for subdir in subdirs:
         for connector in feed_ref.connectors:
-            snapshot = services.upstream.peek(connector.id, subdir) if connector.serves_subdir(subdir) else None
+            if not connector.serves_subdir(subdir):
+                continue
+            snapshot = services.upstream.peek(connector.id, subdir)
             if snapshot is not None:
                 states.append(
                     UpstreamState(
                         connector.name, subdir, moment(snapshot.checked_at), snapshot.error, moment(snapshot.error_at)
                     )
+                )
+                continue
+            breaker = services.upstream.breaker(connector.id, subdir)
+            if breaker is not None:  # never fetched successfully: the feed lists it without this connector
+                states.append(
+                    UpstreamState(connector.name, subdir, None, breaker.error, moment(breaker.failing_since))
                 )
     return states

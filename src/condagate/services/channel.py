@@ -72,8 +72,10 @@ class FeedSubdir:
         errors = dict(snapshot.stale)
         # A fixed phrase: what the upstream answered is for administrators (the connector's page).
         if all(errors.get(cid) == "still fetching" for cid in snapshot.missing):
-            raise UpstreamTimeout(f"connector {names} has not answered yet and nothing of {snapshot.subdir} is cached")
-        raise UpstreamUnavailable(f"connector {names} is unreachable and nothing of {snapshot.subdir} is cached")
+            message = f"connector {names} has not answered yet and nothing of {snapshot.subdir} is cached"
+            raise UpstreamTimeout(message, public=message)
+        message = f"connector {names} is unreachable and nothing of {snapshot.subdir} is cached"
+        raise UpstreamUnavailable(message, public=message)
 
 
 def feed_subdir(

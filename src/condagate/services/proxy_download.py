@@ -223,7 +223,8 @@ async def open_upstream(
     connector = item.connector
     lock = FileLock(services.locks_dir, f"{connector.id}/{item.subdir}/{item.filename}")
     if not await lock.acquire(timeout=connector.timeout_seconds * 10):
-        raise UpstreamTimeout(f"another download of {item.filename} from {connector.name!r} is still running")
+        message = f"another download of {item.filename} from {connector.name!r} is still running"
+        raise UpstreamTimeout(message, public=message)
     try:
         cached = await run_in_threadpool(
             cached_blob, services, connector.id, item.feed_id, item.subdir, item.filename, item.record.get("sha256")
@@ -239,14 +240,17 @@ async def open_upstream(
             )
         except UpstreamUnavailable as exc:
             raise UpstreamUnavailable(
-                upstream_http.bounded_message(f"{item.filename} is not cached, and {exc.message}")
+                upstream_http.bounded_message(f"{item.filename} is not cached, and {exc.message}"),
+                public=f"{item.filename} is not cached, and connector {connector.name!r} is unreachable",
             ) from None
         if response.status_code != 200:
             await response.aclose()
-            raise upstream_http.unavailable(
+            failure = upstream_http.unavailable(
                 connector.name,
                 f"{upstream_http.shown(response.url)} answered {response.status_code} {response.reason_phrase[:60]}",
             )
+            failure.public = f"{item.filename} is not cached, and connector {connector.name!r} cannot provide it now"
+            raise failure
         declared = response.headers.get("content-length")
         size = item.record.get("size")
         if declared is not None and isinstance(size, int) and declared.isdigit() and int(declared) != size:

@@ -53,11 +53,17 @@ def bounded_message(text: str) -> str:
 
 
 def unavailable(connector_name: str, reason: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(bounded_message(f"connector {connector_name!r}: {reason}"))
+    return UpstreamUnavailable(
+        bounded_message(f"connector {connector_name!r}: {reason}"),
+        public=f"connector {connector_name!r} is unreachable or answered wrongly",
+    )
 
 
 def timed_out(connector_name: str, reason: str) -> UpstreamTimeout:
-    return UpstreamTimeout(bounded_message(f"connector {connector_name!r}: {reason}"))
+    return UpstreamTimeout(
+        bounded_message(f"connector {connector_name!r}: {reason}"),
+        public=f"connector {connector_name!r} did not answer in time",
+    )
 
 
 def shown(url: httpx.URL | str) -> str:

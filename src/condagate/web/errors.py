@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from condagate.errors import CondagateError
+from condagate.errors import CondagateError, UpstreamError, UpstreamTimeout
+from condagate.security.permissions import Permission
 from condagate.security.redact import redact
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,29 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+_UPSTREAM_PHRASES = {
+    502: "the upstream is unreachable or answered wrongly, and this is not cached here",
+    504: "the upstream did not answer in time, and this is not cached here",
+}
+
+
+def _shown_message(request: Request, exc: CondagateError) -> str:
+    """What an upstream answered (addresses, statuses, texts) is for administrators; others read a
+    fixed phrase, or the raiser's own public wording (which names the connector and the file)."""
+    if not isinstance(exc, UpstreamError | UpstreamTimeout):
+        return exc.message
+    principal = getattr(request.state, "principal", None)
+    if principal is not None and principal.may(Permission.ADMIN):
+        return exc.message
+    return exc.public or _UPSTREAM_PHRASES.get(exc.status_code, _UPSTREAM_PHRASES[502])
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CondagateError)
     async def condagate_error(request: Request, exc: CondagateError) -> Response:
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, redact(request.url.path), redact(exc.message))
-        return error_response(request, exc.status_code, exc.code, exc.message)
+        return error_response(request, exc.status_code, exc.code, _shown_message(request, exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
