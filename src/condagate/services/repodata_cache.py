@@ -166,26 +166,9 @@ class RepodataCache:
             if connector.serves_subdir(subdir)
         ]
 
-    def snapshot(
-        self,
-        *,
-        feed_id: int,
-        subdir: str,
-        connectors: list[ConnectorConfig] | None = None,
-        version: SubdirVersion | None = None,
-        wait: bool = True,
-        refresh: bool = True,
-        keep_cached: bool = True,
-    ) -> SubdirSnapshot:
-        return self.snapshot_and_pending(
-            feed_id=feed_id,
-            subdir=subdir,
-            connectors=connectors,
-            version=version,
-            wait=wait,
-            refresh=refresh,
-            keep_cached=keep_cached,
-        )[0]
+    def snapshot(self, **options: Any) -> SubdirSnapshot:
+        """``snapshot_and_pending`` without the fetches (for callers that do not wait for any)."""
+        return self.snapshot_and_pending(**options)[0]
 
     def snapshot_and_pending(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -15,41 +16,35 @@ CounterKey = tuple[int, str, str, str, date]  # feed id, subdir, file name, pack
 PrincipalKey = tuple[int, str, str, date]  # feed id, file name, who (user, key or anonymous), day
 
 
-def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None:
-    """Add counts; those of feeds deleted meanwhile are dropped (they would fail the whole batch)."""
+def _add_counts(
+    session: Session,
+    model: type[DownloadCount] | type[PrincipalDownload],
+    keys: tuple[str, ...],
+    counts: Mapping[tuple[Any, ...], int],
+) -> None:
+    """Upsert ``count += n`` per key (``keys`` name the key tuple's columns, feed_id first); counts of
+    feeds deleted meanwhile are dropped (they would fail the whole batch)."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     feed_ids = {key[0] for key in counts}
     existing = set(session.scalars(select(Feed.id).where(Feed.id.in_(feed_ids)))) if feed_ids else set()
-    for (feed_id, subdir, filename, name, day), count in sorted(counts.items()):
-        if feed_id not in existing:
+    conflict = [column for column in keys if column != "name"]  # the primary key
+    for key, count in sorted(counts.items()):
+        if key[0] not in existing:
             continue
-        statement = insert(DownloadCount).values(
-            feed_id=feed_id, subdir=subdir, filename=filename, name=name, day=day, count=count
-        )
+        statement = insert(model).values(**dict(zip(keys, key, strict=True)), count=count)
         session.execute(
             statement.on_conflict_do_update(
-                index_elements=["feed_id", "subdir", "filename", "day"],
-                set_={"count": DownloadCount.count + statement.excluded.count},
+                index_elements=conflict, set_={"count": model.count + statement.excluded.count}
             )
         )
+
+
+def add_downloads(*, session: Session, counts: Mapping[CounterKey, int]) -> None:
+    _add_counts(session, DownloadCount, ("feed_id", "subdir", "filename", "name", "day"), counts)
 
 
 def add_principal_downloads(*, session: Session, counts: Mapping[PrincipalKey, int]) -> None:
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    feed_ids = {key[0] for key in counts}
-    existing = set(session.scalars(select(Feed.id).where(Feed.id.in_(feed_ids)))) if feed_ids else set()
-    for (feed_id, filename, principal, day), count in sorted(counts.items()):
-        if feed_id not in existing:
-            continue
-        statement = insert(PrincipalDownload).values(
-            feed_id=feed_id, filename=filename, principal=principal, day=day, count=count
-        )
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["feed_id", "filename", "day", "principal"],
-                set_={"count": PrincipalDownload.count + statement.excluded.count},
-            )
-        )
+    _add_counts(session, PrincipalDownload, ("feed_id", "filename", "principal", "day"), counts)
 
 
 def top_downloaders(*, session: Session, feed_id: int, since: date, limit: int) -> list[tuple[str, int]]:
