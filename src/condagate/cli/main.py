@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from condagate import __version__
 from condagate.cli import admin, connectors, feeds, security
 from condagate.cli.mirror import mirror
 from condagate.cli.serve import serve
@@ -12,6 +15,23 @@ from condagate.cli.upload import upload
 app = typer.Typer(
     help="condagate: a self-hosted conda package repository.", no_args_is_help=True, pretty_exceptions_enable=False
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"condagate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit")
+    ] = False,
+) -> None:
+    """condagate: a self-hosted conda package repository."""
+
+
 app.command("serve")(serve)
 app.command("upload")(upload)
 app.command("mirror")(mirror)

@@ -9,6 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import httpx
 import rattler
@@ -65,6 +66,13 @@ def mirror(
 ) -> None:
     """Fetch the packages matching SPECs into FEED's cache."""
     client = ApiClient(url, api_key)
+    if client.request("GET", f"/api/feeds/{quote(feed, safe='')}")["kind"] == "hosted":
+        message = f"feed {feed!r} is hosted: it has no upstream to mirror from, and its packages are all here"
+        if json_output:
+            print(json.dumps({"files": 0, "failed": [], "bytes": 0, "packages": [], "message": message}))
+        else:
+            print(message)
+        return
     subdirs = subdir or [str(rattler.Platform.current())]
     try:
         records = asyncio.run(_resolve(_channel_url(client, feed, api_key), specs, subdirs, with_deps))

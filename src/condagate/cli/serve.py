@@ -31,6 +31,7 @@ def serve(
     from granian import Granian
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
+    from sqlalchemy.exc import SQLAlchemyError
 
     from condagate.logs import configure_logging
     from condagate.services.bootstrap import ensure_admin_key, housekeeping
@@ -39,7 +40,16 @@ def serve(
 
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers)
     configure_logging(settings.log_level)
-    services = Services.open(settings)
+    if not _port_is_free(settings.host, settings.port):
+        _stop(f"port {settings.port} on {settings.host} is already in use (another condagate?): "
+              "stop it, or choose another with --port")
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        _stop(f"the data folder {settings.data_dir} is a file: choose a folder with --data-dir")
+    try:
+        services = Services.open(settings)
+    except (OSError, SQLAlchemyError) as exc:
+        reason = getattr(exc, "strerror", None) or str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        _stop(f"cannot use the data folder {settings.data_dir}: {reason}")
     try:
         # Leftovers of a crash; only here, before any worker runs (a worker may be respawned while
         # others are writing their temp files).
@@ -83,6 +93,26 @@ def serve(
         backpressure=concurrent,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_seconds * 1000)),
     ).serve()
+
+
+def _stop(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on the address: granian shares ports (SO_REUSEPORT), so a second
+    server would start anyway and split the requests between two databases."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _concurrent_requests_per_worker(settings: Settings) -> int:

@@ -206,7 +206,8 @@ def ensure_built_in_connectors(services: Services) -> None:
 def list_connectors(services: Services) -> list[ConnectorInfo]:
     with services.db.read() as session:
         rows = connector_store.list_connectors(session=session)
-    return [_info(services, row) for row in rows]
+    # the same numbers as one connector's page: feeds, health, cached files
+    return [_info(services, row, with_health=True) for row in rows]
 
 
 def get_connector(services: Services, name: str) -> ConnectorInfo:

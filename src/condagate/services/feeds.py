@@ -103,7 +103,8 @@ def get_feed(services: Services, *, name: str) -> FeedInfo:
     with services.db.read() as session:
         feed = feed_store.get_feed(session=session, name=name)
         connectors = [c.name for c in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
-        return FeedInfo(feed.name, feed.description, feed.created_at, 0, connectors)
+        files = feed_store.count_files(session=session, feed_id=feed.id)
+        return FeedInfo(feed.name, feed.description, feed.created_at, files, connectors)
 
 
 def delete_feed(services: Services, *, name: str) -> None:

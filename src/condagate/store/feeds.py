@@ -32,6 +32,10 @@ def list_feeds(*, session: Session) -> list[tuple[Feed, int]]:
     return [(feed, int(files)) for feed, files in rows]
 
 
+def count_files(*, session: Session, feed_id: int) -> int:
+    return int(session.scalar(select(func.count(PackageFile.id)).where(PackageFile.feed_id == feed_id)) or 0)
+
+
 def create_feed(*, session: Session, name: str, description: str) -> Feed:
     if session.scalar(select(Feed.id).where(Feed.name == name)) is not None:
         raise FeedExists(f"a feed named {name!r} already exists")
