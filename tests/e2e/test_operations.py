@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -62,3 +63,40 @@ def test_mirroring_a_hosted_feed_says_there_is_nothing_to_mirror(server: Server,
     assert done.returncode == 0, done.stderr
     assert "is hosted" in done.stdout and "no upstream to mirror" in done.stdout
     assert "mirrored" not in done.stdout
+
+
+def _cli(server: Server, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONDAGATE_URL": server.url, "CONDAGATE_API_KEY": key or server.api_key}
+    return subprocess.run([*condagate_command(), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_upload_goes_on_after_a_refused_file_and_reruns_pass(server: Server, feed: str, make_package, tmp_path: Path):
+    kept = make_package("kept", version="1.0")
+    identical = make_package("same", version="1.0")
+    assert upload(server, feed, kept).status_code == 201
+    assert upload(server, feed, identical).status_code == 201
+    # the same file name with other bytes, a byte-identical file, and a new one
+    other = tmp_path / "other"
+    other.mkdir()
+    clash = make_package("kept", version="1.0", summary="other bytes, same name")
+    clash = clash.rename(other / kept.name)
+    new = make_package("fresh", version="1.0")
+    first = _cli(server, "upload", feed, str(clash), str(identical), str(new), "--json")
+    assert first.returncode == 1  # one file failed: reported, and the others still went up
+    statuses = {Path(r["file"]).name: r["status"] for r in json.loads(first.stdout)}
+    assert statuses == {kept.name: "failed", identical.name: "unchanged", new.name: "uploaded"}
+    again = _cli(server, "upload", feed, str(clash), str(identical), str(new), "--skip-existing")
+    assert again.returncode == 0, again.stderr
+    assert "skipped" in again.stderr and "already there" in again.stderr
+    with server.client() as client:
+        names = {item["name"] for item in client.get(f"/api/feeds/{feed}/packages").json()["items"]}
+    assert {"kept", "same", "fresh"} <= names
+
+
+def test_upload_with_a_wrong_key_stops_before_sending_anything(server: Server, feed: str, make_package):
+    package = make_package("never-sent")
+    result = _cli(server, "upload", feed, str(package), key="cg-wrong-key-0123456789abcdefghij")
+    assert result.returncode == 1 and "401" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+    with server.client() as client:
+        assert client.get(f"/api/feeds/{feed}/packages").json()["total"] == 0

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -32,6 +33,9 @@ def upload(
     feed: str,
     files: Annotated[list[Path], typer.Argument(help=".conda or .tar.bz2 package files")],
     force: Annotated[bool, typer.Option("--force", help="Replace a file that already exists")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="A file that already exists (other bytes) is skipped, not an error")
+    ] = False,
     json_output: JsonOption = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
@@ -41,7 +45,10 @@ def upload(
         if not path.is_file():
             fail(f"{path} is not a file")
     client = ApiClient(url, api_key)
-    results = []
+    # A wrong key or an unknown feed is reported before any body is sent.
+    client.request("GET", f"/api/feeds/{quote(feed, safe='')}")
+    results: list[dict[str, object]] = []
+    failed = 0
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -61,16 +68,51 @@ def upload(
 
             try:
                 response = client.http.post(
-                    f"/api/feeds/{feed}/upload/{path.name}",
+                    f"/api/feeds/{quote(feed, safe='')}/upload/{quote(path.name, safe='')}",
                     params={"force": str(force).lower(), "sha256": _sha256(path)},
                     content=body(),
                     headers={"Content-Length": str(path.stat().st_size)},
                 )
             except httpx.HTTPError as exc:
                 fail(f"cannot reach condagate at {client.url}: {exc}")
-            result = ApiClient.check(response)
-            results.append(result)
+            outcome = _outcome(path, response, skip_existing)
+            results.append(outcome)
+            failed += outcome["status"] == "failed"
             if not json_output:
-                progress.console.print(f"uploaded {result['subdir']}/{result['filename']} ({result['size']} bytes)")
+                progress.console.print(_describe(outcome), soft_wrap=True, highlight=False)
     if json_output:
         print(json.dumps(results))
+    elif len(files) > 1:
+        done = {status: sum(r["status"] == status for r in results) for status in _STATUSES}
+        Console(stderr=True).print(", ".join(f"{count} {status}" for status, count in done.items() if count))
+    if failed:
+        raise typer.Exit(1)
+
+
+_STATUSES = ("uploaded", "replaced", "unchanged", "skipped", "failed")
+
+
+def _outcome(path: Path, response: httpx.Response, skip_existing: bool) -> dict[str, object]:
+    """One file's result; the upload goes on with the next file whatever happened to this one."""
+    if response.status_code < 400:
+        result = response.json()
+        status = "unchanged" if result.get("unchanged") else "replaced" if result.get("replaced") else "uploaded"
+        return {"file": str(path), "status": status, **result}
+    try:
+        error = response.json()["error"]
+        code, message = str(error.get("code", "")), str(error.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, message = "", response.text.strip()[:300] or response.reason_phrase
+    status = "skipped" if skip_existing and code == "package_exists" else "failed"
+    return {"file": str(path), "status": status, "http_status": response.status_code, "code": code, "error": message}
+
+
+def _describe(outcome: dict[str, object]) -> str:
+    status = outcome["status"]
+    if status in ("uploaded", "replaced", "unchanged"):
+        what = f"{outcome['subdir']}/{outcome['filename']}"
+        if status == "unchanged":
+            return f"already there: {what} (same sha256)"
+        return f"{status} {what} ({outcome['size']} bytes)"
+    label = "[yellow]skipped[/yellow]" if status == "skipped" else "[red]failed[/red]"
+    return f"{label} {outcome['file']}: {outcome['http_status']}: {outcome['error']}"

@@ -44,6 +44,7 @@ class UploadResult:
     size: int
     replaced: bool
     record: dict[str, Any]
+    unchanged: bool = False  # the same bytes were already there: nothing changed (CI re-runs succeed)
 
 
 def check_declared_size(content_length: str | None, limit: int, framing: int = 0) -> None:
@@ -113,12 +114,15 @@ def store_upload(
         package_subdir = metadata.subdir
         with services.db.read() as session:
             feed = feed_store.get_feed(session=session, name=feed_name)
-            _refuse_existing(
-                package_store.find_file(session=session, feed_id=feed.id, subdir=package_subdir, filename=filename),
-                filename,
-                force,
-                may_overwrite,
+            present = package_store.find_file(
+                session=session, feed_id=feed.id, subdir=package_subdir, filename=filename
             )
+            if present is not None and present.sha256 == sha256:
+                incoming.discard()
+                return UploadResult(
+                    feed_name, filename, package_subdir, sha256, present.md5, present.size, False, record, True
+                )
+            _refuse_existing(present, filename, force, may_overwrite)
         with held(services.locks_dir, blob_lock_name(sha256)):
             blob_is_new = services.blobs.commit(incoming)
             try:

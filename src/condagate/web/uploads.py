@@ -40,6 +40,7 @@ def _result_json(result: upload.UploadResult) -> dict[str, Any]:
         "md5": result.md5,
         "size": result.size,
         "replaced": result.replaced,
+        "unchanged": result.unchanged,
         "url": f"/conda/{result.feed}/{result.subdir}/{result.filename}",
     }
 
