@@ -80,8 +80,12 @@ def test_rattler_build_upload_protocols(server: Server, feed: str, make_package,
 def test_rattler_build_uploads_refuse_duplicates_and_bad_keys(server: Server, feed: str, make_package):
     package = make_package("dup")
     rattler_build_upload.upload_package_to_quetz([str(package)], server.url, feed, api_key=server.api_key)
+    # the same bytes again: success (a CI re-run), nothing changes
+    rattler_build_upload.upload_package_to_quetz([str(package)], server.url, feed, api_key=server.api_key)
+    other_bytes = make_package("dup", summary="another build under the same file name")
+    assert other_bytes.name == package.name and other_bytes.read_bytes() != package.read_bytes()
     with pytest.raises(Exception, match="(?i)error"):
-        rattler_build_upload.upload_package_to_quetz([str(package)], server.url, feed, api_key=server.api_key)
+        rattler_build_upload.upload_package_to_quetz([str(other_bytes)], server.url, feed, api_key=server.api_key)
     with pytest.raises(Exception, match="(?i)error"):
         rattler_build_upload.upload_package_to_quetz([str(make_package("other"))], server.url, feed, api_key="wrong")
     with server.client() as client:
