@@ -9,6 +9,7 @@ from pathlib import Path
 
 from conftest import upload
 from servers import Server, condagate_command
+from upstream_channel import UpstreamChannel  # noqa: F401  (the fixture's type)
 
 
 def _serve(env_overrides: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -100,3 +101,31 @@ def test_upload_with_a_wrong_key_stops_before_sending_anything(server: Server, f
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
     with server.client() as client:
         assert client.get(f"/api/feeds/{feed}/packages").json()["total"] == 0
+
+
+def test_smaller_things(server: Server, feed: str, make_package, upstream):  # type: ignore[no-untyped-def]
+    package = make_package("findable")
+    assert upload(server, feed, package).status_code == 201
+    with server.admin() as admin:
+        # feed names: unique regardless of case, no '..'
+        clash = admin.post("/api/feeds", json={"name": feed.upper()})
+        assert clash.status_code == 409 and "regardless of case" in clash.json()["error"]["message"]
+        assert admin.post("/api/feeds", json={"name": "a..b"}).status_code == 400
+        # a connector URL that ends in a subdir is refused with the reason
+        refused = admin.post("/api/connectors", json={"name": "ends-in-subdir", "url": upstream.url + "/linux-64"})
+        assert refused.status_code == 400 and "ends in the subdir" in refused.json()["error"]["message"]
+    with server.client() as client:
+        # the API takes the UI's q as well as search
+        assert [i["name"] for i in client.get(f"/api/feeds/{feed}/packages", params={"q": "findable"}).json()[
+            "items"]] == ["findable"]
+        assert client.get(f"/api/feeds/{feed}/packages", params={"q": "nothing-like-it"}).json()["total"] == 0
+        # the channel's own URL: a browser lands on the feed page, other clients get a small index
+        browser = client.get(f"/conda/{feed}/", headers={"Accept": "text/html"}, follow_redirects=False)
+        assert browser.status_code == 303 and browser.headers["location"] == f"/feeds/{feed}"
+        index = client.get(f"/conda/{feed}/")
+        assert index.status_code == 200 and index.json()["channel_url"].endswith(f"/conda/{feed}")
+        # a feed's own file can be replaced (--force): caches must revalidate it (cheap: the ETag is its sha256)
+        served = client.get(f"/conda/{feed}/noarch/{package.name}")
+        assert served.headers["cache-control"] == "public, no-cache"
+        again = client.get(f"/conda/{feed}/noarch/{package.name}", headers={"If-None-Match": served.headers["etag"]})
+        assert again.status_code == 304

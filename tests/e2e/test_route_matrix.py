@@ -71,6 +71,7 @@ RULES: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/api/feeds/{feed}/upload/{filename}"): ("add", "feed"),
     ("POST", "/api/channels/{feed}/upload/{filename}"): ("add", "feed"),
     ("POST", "/api/v1/upload/{feed}"): ("add", "feed"),
+    ("GET", "/conda/{feed}/"): ("view", "feed"),
     ("GET", "/conda/{feed}/channeldata.json"): ("view", "feed"),
     ("GET", "/conda/{feed}/notices.json"): ("view", "feed"),
     ("GET", "/conda/{feed}/{subdir}/repodata_shards.msgpack.zst"): ("view", "feed"),

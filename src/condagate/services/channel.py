@@ -115,6 +115,7 @@ class PackageBlob:
     filename: str
     sha256: str
     path: Path
+    replaceable: bool = False  # a feed's own file (upload --force may replace it), not an upstream one
 
 
 @dataclass(frozen=True)
@@ -215,4 +216,4 @@ def _blob(services: Services, feed_id: int, subdir: str, filename: str, sha256: 
     path = services.blobs.local_path(sha256)
     if not path.is_file():
         raise PackageNotFound(f"{subdir}/{filename} is listed in feed {feed_name!r} but its file is missing")
-    return PackageBlob(feed_id, subdir, filename, sha256, path)
+    return PackageBlob(feed_id, subdir, filename, sha256, path, replaceable=True)

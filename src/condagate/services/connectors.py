@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from condagate.conda.subdirs import require_known_subdir
+from condagate.conda.subdirs import KNOWN_SUBDIRS, require_known_subdir
 from condagate.errors import BadRequest, CondagateError
 from condagate.security import secretbox
 from condagate.services.blob_cleanup import delete_if_unused
@@ -104,6 +104,11 @@ def _validate(spec: ConnectorSpec) -> None:
         raise BadRequest(f"connector URL {spec.url!r} must be an http(s) channel URL")
     if parts.username or parts.password:
         raise BadRequest("put credentials in username/password or token, not in the URL")
+    last_segment = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    if last_segment in KNOWN_SUBDIRS:
+        raise BadRequest(
+            f"connector URL {spec.url!r} ends in the subdir {last_segment!r}: give the channel's URL, without it"
+        )
     if re.search(r"(?i)/t/[^/]+", parts.path) or parts.query or parts.fragment:
         # anaconda.org's /t/TOKEN/ form or a ?token=: it would be stored and shown in clear
         raise BadRequest("put the token in the token field, not in the URL (no /t/TOKEN/, no query string)")

@@ -40,6 +40,8 @@ def validate_feed_name(name: str) -> str:
             f"invalid feed name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    if ".." in name:
+        raise InvalidName(f"invalid feed name {name!r}: '..' is not allowed in a name")
     if name.lower() in RESERVED_NAMES:
         raise InvalidName(f"the feed name {name!r} is reserved: choose another")
     return name

@@ -37,8 +37,10 @@ def count_files(*, session: Session, feed_id: int) -> int:
 
 
 def create_feed(*, session: Session, name: str, description: str) -> Feed:
-    if session.scalar(select(Feed.id).where(Feed.name == name)) is not None:
-        raise FeedExists(f"a feed named {name!r} already exists")
+    existing = session.scalar(select(Feed.name).where(func.lower(Feed.name) == name.lower()))
+    if existing is not None:
+        # Unique regardless of case: MyTeam and myteam side by side only confuse people.
+        raise FeedExists(f"a feed named {existing!r} already exists (feed names are unique regardless of case)")
     feed = Feed(name=name, description=description, created_at=datetime.now(UTC))
     session.add(feed)
     session.flush()

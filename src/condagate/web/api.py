@@ -119,13 +119,16 @@ async def delete_feed(request: Request, feed: str) -> Response:
 async def list_packages(
     request: Request,
     feed: str,
-    search: str = "",
+    search: str = Query(default="", max_length=200),
+    q: str = Query(default="", max_length=200, description="The same as search (the web UI's name)"),
     offset: int = Query(default=0, ge=0),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
     await wait_for_feed(_services(request), feed)
     page = await run_in_threadpool(
-        lambda: catalog.list_packages(_services(request), feed=feed, search=search, offset=offset, limit=limit)
+        lambda: catalog.list_packages(
+            _services(request), feed=feed, search=search or q, offset=offset, limit=limit
+        )
     )
     return asdict(page)
 

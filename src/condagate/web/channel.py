@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from condagate.errors import NotFound, PackageNotFound
@@ -62,6 +62,21 @@ def _with_stale_notice(request: Request, response: Response, located: channel.Fe
         printable = "".join(c if " " <= c <= "~" else " " for c in notice)  # upstream text: no CR/LF, ASCII
         response.headers[STALE_HEADER] = printable[:1000]
     return response
+
+
+@router.api_route("/conda/{feed}/", methods=GET_HEAD, dependencies=VIEW, response_model=None)
+async def channel_index(request: Request, feed: str) -> Response | dict[str, str]:
+    """The channel's own URL: a browser goes to the feed's page; other clients get where things are."""
+    ref = await run_in_threadpool(channel.resolve_feed, _services(request), feed)
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse(f"/feeds/{ref.name}", status_code=303)
+    channel_url = str(request.base_url).rstrip("/") + f"/conda/{ref.name}"
+    return {
+        "feed": ref.name,
+        "channel_url": channel_url,
+        "conda_config": f"conda config --add channels {channel_url}",
+        "repodata": channel_url + "/SUBDIR/repodata.json",
+    }
 
 
 @router.api_route("/conda/{feed}/channeldata.json", methods=GET_HEAD, dependencies=VIEW)
@@ -147,7 +162,7 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
                 headers["content-length"] = str(found_or_stream.size)
             return StreamingResponse(found_or_stream.body(), media_type="application/octet-stream", headers=headers)
         found = found_or_stream
-    response = blob_response(request, found.path, found.sha256)
+    response = blob_response(request, found.path, found.sha256, found.replaceable)
     if (
         request.method == "GET"
         and response.status_code == 200

@@ -54,12 +54,18 @@ def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_
     return Response(content=encoded.body, media_type=media_type, headers=headers)
 
 
-def blob_response(request: Request, path: Path, sha256: str) -> Response:
+# A feed's own file can be replaced (upload --force): caches may keep it but must ask again (a cheap
+# 304, the ETag is the sha256). Upstream files, fixed by their record's checksum, never change.
+REVALIDATE_CACHE_CONTROL = "public, no-cache"
+
+
+def blob_response(request: Request, path: Path, sha256: str, replaceable: bool = False) -> Response:
     """A package file: its sha256 is its ETag; Range and HEAD are handled by ``FileResponse``."""
     etag = f'"{sha256}"'
     stat = path.stat()
     last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL, "last-modified": http_date(last_modified)}
+    cache_control = REVALIDATE_CACHE_CONTROL if replaceable else IMMUTABLE_CACHE_CONTROL
+    headers = {"etag": etag, "cache-control": cache_control, "last-modified": http_date(last_modified)}
     if is_not_modified(request, etag, last_modified):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
