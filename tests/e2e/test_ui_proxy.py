@@ -138,7 +138,15 @@ def test_proxy_feed_page_cache_marks_downloads_and_package_chart(
     page = visit.page
     page.goto(f"/feeds/{feed}")
     top = page.get_by_test_id("top-package")
-    _reload_until(page, lambda: top.count() == 2 and top.first.get_attribute("data-count") == "2")
+    # The counts are flushed in batches: one page may read the rows just before a flush and the ranking
+    # just after it, so wait for a page where both are complete.
+    _reload_until(
+        page,
+        lambda: top.count() == 2
+        and top.first.get_attribute("data-count") == "2"
+        and _package_row(page, "numpy").locator("td").last.inner_text() == "2"
+        and _package_row(page, "requests").locator("td").last.inner_text() == "1",
+    )
     assert _names(top) == ["numpy", "requests"]
     assert [item.get_attribute("data-count") for item in top.all()] == ["2", "1"]
     expect(page.get_by_test_id("downloads-total")).to_have_text("3 downloads in the last 30 days")
