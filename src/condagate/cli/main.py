@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from condagate import __version__
-from condagate.cli import admin, connectors, feeds, security
+from condagate.cli import admin, connectors, feeds, packages, security
+from condagate.cli.check import check
 from condagate.cli.mirror import mirror
 from condagate.cli.serve import serve
 from condagate.cli.upload import upload
@@ -35,8 +36,10 @@ def _options(
 app.command("serve")(serve)
 app.command("upload")(upload)
 app.command("mirror")(mirror)
+app.command("check")(check)
 app.add_typer(feeds.app, name="feed")
 app.add_typer(connectors.app, name="connector")
+app.add_typer(packages.app, name="package")
 app.add_typer(security.users, name="user")
 app.add_typer(security.groups, name="group")
 app.add_typer(security.grants, name="grant")
