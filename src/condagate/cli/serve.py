@@ -33,7 +33,7 @@ def serve(
     from granian.http import HTTP1Settings
     from sqlalchemy.exc import SQLAlchemyError
 
-    from condagate.logs import configure_logging
+    from condagate.logs import configure_logging, granian_log_config
     from condagate.services.bootstrap import ensure_admin_key, housekeeping
     from condagate.services.connectors import ensure_built_in_connectors
     from condagate.services.context import Services
@@ -86,6 +86,7 @@ def serve(
         factory=True,
         workers=settings.workers,
         log_level=settings.log_level,  # type: ignore[arg-type]
+        log_dictconfig=granian_log_config(),
         workers_kill_timeout=60,
         # Room for many slow or idle clients per worker (granian's default, 1024, is what a slowloris
         # attacker fills), and a short deadline for a request's head (the default is 30 s).
