@@ -98,10 +98,14 @@ def send_file(server: Server, route: str, feed: str, path: Path, **kwargs: Any) 
 
 
 def assert_error(response: httpx.Response, status: int, code: str, message: str) -> str:
-    """The one error shape: ``{"error": {"code": ..., "message": ...}}``, the message matching ``message``."""
+    """The one error shape, problem details (RFC 9457) with condagate's ``code`` and, for earlier
+    clients, ``error: {code, message}``; the message matching ``message``."""
     assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"type", "title", "status", "detail", "code", "message", "error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["status"] == status and body["code"] == code and body["detail"] == body["error"]["message"], body
     assert body["error"]["code"] == code, body
     assert re.search(message, body["error"]["message"]), body["error"]["message"]
     return str(body["error"]["message"])

@@ -271,7 +271,7 @@ def _request(server: Server, world: World, principal: str, method: str, path: st
 
 def _check(response: httpx.Response, outcome: str, label: str, path: str) -> None:
     code = ""
-    if response.headers.get("content-type", "").startswith("application/json"):
+    if response.headers.get("content-type", "").startswith(("application/json", "application/problem+json")):
         body = response.json()
         code = body.get("error", {}).get("code", "") if isinstance(body, dict) else ""
     if outcome == "allow":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from condagate.errors import NotFound, PackageNotFound
@@ -19,6 +19,7 @@ from condagate.web.responses import (
     blob_response,
     encoded_response,
     is_not_modified,
+    relayed_download,
 )
 from condagate.web.uploads import artifactory_upload
 from condagate.web.upstream_wait import wait_for
@@ -157,10 +158,12 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
                 services.downloads.record(
                     feed_id=found.feed_id, subdir=subdir, filename=filename, principal=request.state.principal.name
                 )
-            headers = {"cache-control": IMMUTABLE_CACHE_CONTROL}
-            if found_or_stream.size is not None:
-                headers["content-length"] = str(found_or_stream.size)
-            return StreamingResponse(found_or_stream.body(), media_type="application/octet-stream", headers=headers)
+            return relayed_download(
+                found_or_stream.body(),
+                f"{feed}/{subdir}/{filename}",
+                found_or_stream.size,
+                {"cache-control": IMMUTABLE_CACHE_CONTROL},
+            )
         found = found_or_stream
     response = blob_response(request, found.path, found.sha256, found.replaceable)
     if (

@@ -1,4 +1,4 @@
-"""One mapping from the error tree to HTTP: JSON for clients, an HTML page for the web UI."""
+"""One mapping from the error tree to HTTP: problem details (RFC 9457) for clients, an HTML page for the web UI."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from condagate.errors import CondagateError, UpstreamError, UpstreamTimeout
 from condagate.security.permissions import Permission
 from condagate.security.redact import redact
+from condagate.web.problems import BASIC_CHALLENGE, PROBLEM_CONTENT_TYPE, problem
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,10 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
             request, "error.html", {"status": status, "message": message}, status_code=status, headers=headers
         )
         return response
-    headers = {"WWW-Authenticate": 'Basic realm="condagate"'} if status == 401 else {}
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": BASIC_CHALLENGE} if status == 401 else {}
+    return JSONResponse(
+        problem(status, code, message), status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE
+    )
 
 
 _UPSTREAM_PHRASES = {
@@ -74,3 +77,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail) if exc.status_code != 404 else f"nothing at {request.url.path}"
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        # The server logs the traceback (as a JSON line) when the exception leaves the app after this answer.
+        return error_response(request, 500, "internal", "internal error: the server's log has the details")

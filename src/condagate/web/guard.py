@@ -267,7 +267,7 @@ def _with_security_headers(send: Send) -> Send:
 
 
 async def _answer(send: Send, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
-    body = error_body(code, message)
+    body = error_body(status, code, message)
     await send({"type": "http.response.start", "status": status, "headers": error_headers(status, body, extra)})
     await send({"type": "http.response.body", "body": body})
 

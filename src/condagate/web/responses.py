@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
 from fastapi import Request, Response
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, StreamingResponse
 
+from condagate.errors import CondagateError
 from condagate.services.repodata_cache import Encoded
+
+log = logging.getLogger(__name__)
 
 REPODATA_CACHE_CONTROL = "public, max-age=30"
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -69,3 +74,26 @@ def blob_response(request: Request, path: Path, sha256: str, replaceable: bool =
     if is_not_modified(request, etag, last_modified):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
+
+
+class DownloadCutShort(Exception):
+    """Ends a streamed download that has no Content-Length: the server drops the connection."""
+
+
+def relayed_download(body: AsyncIterator[bytes], what: str, size: int | None, headers: dict[str, str]) -> Response:
+    """A download relayed while it arrives. When it fails half-way (the upstream breaks off, or the
+    bytes do not match the record) the answer has already started: the one honest signal left is a
+    response shorter than its Content-Length, which every client reports as a broken transfer."""
+    if size is not None:
+        headers = {**headers, "content-length": str(size)}
+
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in body:
+                yield chunk
+        except CondagateError as exc:
+            log.warning("download of %s cut short: %s", what, exc.message)
+            if size is None:
+                raise DownloadCutShort(f"download of {what} cut short") from None
+
+    return StreamingResponse(guarded(), media_type="application/octet-stream", headers=headers)
