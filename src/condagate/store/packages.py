@@ -9,7 +9,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from condagate.store.models import CachedPackage, PackageFile, SubdirState
+from condagate.store.models import CachedPackage, Feed, FeedConnector, PackageFile, SubdirState
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,79 @@ def files_of_names(*, session: Session, feed_id: int, names: list[str]) -> list[
 
 def all_files(*, session: Session, feed_id: int) -> list[PackageFile]:
     return list(session.scalars(select(PackageFile).where(PackageFile.feed_id == feed_id)))
+
+
+def files_matching(
+    *,
+    session: Session,
+    feed_id: int,
+    name: str | None = None,
+    version: str | None = None,
+    subdir: str | None = None,
+    filename: str | None = None,
+) -> list[PackageFile]:
+    """A feed's own files, narrowed by whichever of name, version, subdir and file name are given."""
+    query = select(PackageFile).where(PackageFile.feed_id == feed_id)
+    if name is not None:
+        query = query.where(PackageFile.name == name)
+    if version is not None:
+        query = query.where(PackageFile.version == version)
+    if subdir is not None:
+        query = query.where(PackageFile.subdir == subdir)
+    if filename is not None:
+        query = query.where(PackageFile.filename == filename)
+    return list(session.scalars(query.order_by(PackageFile.subdir, PackageFile.filename)))
+
+
+def delete_files(*, session: Session, ids: list[int]) -> None:
+    if ids:
+        session.execute(delete(PackageFile).where(PackageFile.id.in_(ids)))
+
+
+def cached_copies(
+    *,
+    session: Session,
+    connector_ids: list[int],
+    name: str | None = None,
+    subdir: str | None = None,
+    filename: str | None = None,
+) -> list[CachedPackage]:
+    """Upstream files the connectors have cached, by file name, or by package name (which older rows
+    lack: then their file names, NAME-VERSION-BUILD.EXT, say it; callers check the split exactly)."""
+    if not connector_ids:
+        return []
+    query = select(CachedPackage).where(CachedPackage.connector_id.in_(connector_ids))
+    if filename is not None:
+        query = query.where(CachedPackage.filename == filename)
+    if name is not None:
+        query = query.where(
+            or_(CachedPackage.name == name, CachedPackage.filename.startswith(name + "-", autoescape=True))
+        )
+    if subdir is not None:
+        query = query.where(CachedPackage.subdir == subdir)
+    return list(
+        session.scalars(query.order_by(CachedPackage.subdir, CachedPackage.filename, CachedPackage.connector_id))
+    )
+
+
+def delete_cached_copy(*, session: Session, connector_id: int, subdir: str, filename: str) -> None:
+    session.execute(
+        delete(CachedPackage).where(
+            CachedPackage.connector_id == connector_id,
+            CachedPackage.subdir == subdir,
+            CachedPackage.filename == filename,
+        )
+    )
+
+
+def feeds_using_connectors(*, session: Session, connector_ids: list[int]) -> list[tuple[int, str, int]]:
+    """(feed id, feed name, connector id) of every feed that proxies one of the connectors."""
+    if not connector_ids:
+        return []
+    rows = session.execute(
+        select(FeedConnector.feed_id, Feed.name, FeedConnector.connector_id)
+        .join(Feed, Feed.id == FeedConnector.feed_id)
+        .where(FeedConnector.connector_id.in_(connector_ids))
+        .order_by(FeedConnector.feed_id)
+    )
+    return [(int(feed_id), str(name), int(connector_id)) for feed_id, name, connector_id in rows]
