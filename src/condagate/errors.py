@@ -10,10 +10,17 @@ CondagateError                 (500, internal)
 ├── NotFound                   (404)
 │   ├── FeedNotFound           (404, feed_not_found)
 │   ├── SubdirNotFound         (404, subdir_not_found)
-│   └── PackageNotFound        (404, package_not_found)
+│   ├── PackageNotFound        (404, package_not_found)
+│   ├── NotInSource            (404, not_in_source)
+│   ├── NotPromoted            (404, not_promoted)
+│   └── PromotionLinkNotFound  (404, promotion_link_not_found)
 ├── Conflict                   (409)
 │   ├── FeedExists             (409, feed_exists)
-│   └── PackageExists          (409, package_exists)
+│   ├── PackageExists          (409, package_exists)
+│   ├── PolicyRefused          (409, policy_refused)
+│   ├── NotAPromotionTarget    (409, not_a_promotion_target)
+│   └── PromotionConflict      (409, promotion_conflict)
+├── PackageBroken              (410, package_broken)
 ├── PayloadTooLarge            (413, payload_too_large)
 ├── RangeNotSatisfiable        (416, range_not_satisfiable)
 ├── UpstreamError              (502, upstream_error)
@@ -92,6 +99,13 @@ class PackageExists(Conflict):
     code = "package_exists"
 
 
+class PackageBroken(CondagateError):
+    """A package file ``condagate check --repair`` marked broken: not listed, and its download says why."""
+
+    status_code = 410
+    code = "package_broken"
+
+
 class PayloadTooLarge(CondagateError):
     status_code = 413
     code = "payload_too_large"
@@ -140,3 +154,35 @@ class Busy(CondagateError):
 
     status_code = 503
     code = "busy"
+
+
+class NotInSource(NotFound):
+    """A promotion asked for files the source feed cannot provide: nothing was promoted."""
+
+    code = "not_in_source"
+
+
+class NotPromoted(NotFound):
+    """A revocation named a version that was never promoted into the feed."""
+
+    code = "not_promoted"
+
+
+class PromotionLinkNotFound(NotFound):
+    code = "promotion_link_not_found"
+
+
+class PolicyRefused(Conflict):
+    """The feed's policy step (``services.policy``) refused a file entering the feed."""
+
+    code = "policy_refused"
+
+
+class NotAPromotionTarget(Conflict):
+    code = "not_a_promotion_target"
+
+
+class PromotionConflict(Conflict):
+    """The target already holds a file of the same name with other bytes: nothing was promoted."""
+
+    code = "promotion_conflict"

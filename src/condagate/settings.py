@@ -45,6 +45,7 @@ class Settings:
     upload_idle_seconds: float = 60.0  # an upload that sends nothing for this long is cut
     public_url: str = ""  # e.g. https://conda.example.com when a reverse proxy serves condagate
     trusted_proxies: str = ""  # addresses whose X-Forwarded-For / -Proto are believed (comma-separated)
+    metrics_allow: str = ""  # addresses and CIDR ranges that may read /metrics without a key (comma-separated)
     secret_key: str = ""  # encrypts upstream credentials; default: DATA_DIR/secret.key
     session_hours: float = 12.0
     failed_auth_limit: int = 20  # wrong keys or passwords per client address and minute before 429

@@ -75,7 +75,8 @@ def relay(channel: UpstreamChannel, handler: http.server.BaseHTTPRequestHandler,
 def make_proxy_feed(server: Server, upstream_url: str, **connector_fields: object) -> tuple[str, str]:
     connector, feed = f"up-{uuid.uuid4().hex[:8]}", f"proxy-{uuid.uuid4().hex[:8]}"
     with server.admin() as client:
-        created = client.post("/api/connectors", json={"name": connector, "url": upstream_url, **connector_fields})
+        body = {"name": connector, "url": upstream_url, "check": False, **connector_fields}  # faulty on purpose
+        created = client.post("/api/connectors", json=body)
         assert created.status_code == 201, created.text
         assert client.post("/api/feeds", json={"name": feed, "connectors": [connector]}).status_code == 201
     return connector, feed

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,19 +34,31 @@ def serve(
     from granian.http import HTTP1Settings
     from sqlalchemy.exc import SQLAlchemyError
 
+    from condagate import telemetry
+    from condagate.errors import BadRequest
     from condagate.logs import configure_logging, granian_log_config
     from condagate.services.bootstrap import ensure_admin_key, housekeeping
     from condagate.services.connectors import ensure_built_in_connectors
     from condagate.services.context import Services
+    from condagate.web.metrics import parse_allow_list
 
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers)
     configure_logging(settings.log_level)
     if not _port_is_free(settings.host, settings.port):
-        _stop(f"port {settings.port} on {settings.host} is already in use (another condagate?): "
-              "stop it, or choose another with --port")
+        _stop(
+            f"port {settings.port} on {settings.host} is already in use (another condagate?): "
+            "stop it, or choose another with --port"
+        )
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         _stop(f"the data folder {settings.data_dir} is a file: choose a folder with --data-dir")
     try:
+        parse_allow_list(settings.metrics_allow)
+    except BadRequest as exc:
+        _stop(exc.message)
+    own_metrics_dir = telemetry.MULTIPROC_ENV not in os.environ
+    try:
+        # First, before anything imports prometheus-client: the workers (forked) then count in shared files.
+        metrics_dir = telemetry.prepare_multiprocess_dir(settings.data_dir)
         services = Services.open(settings)
     except (OSError, SQLAlchemyError) as exc:
         reason = getattr(exc, "strerror", None) or str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -78,7 +91,8 @@ def serve(
     err.print(f"condagate listening on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
     os.environ.update(settings.to_env())
     concurrent = _concurrent_requests_per_worker(settings)
-    Granian(
+    telemetry.clear_multiprocess_dir(metrics_dir)  # what start-up counted here is not a worker's
+    server = Granian(
         "condagate.web.app:create_app_from_env",
         address=settings.host,
         port=settings.port,
@@ -93,10 +107,15 @@ def serve(
         backlog=4096,
         backpressure=concurrent,
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout_seconds * 1000)),
-    ).serve()
+    )
+    try:
+        server.serve()
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _stop(message: str) -> None:
+def _stop(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(1)
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from condagate.conda.subdirs import require_known_subdir
-from condagate.errors import PackageNotFound, UpstreamTimeout, UpstreamUnavailable
+from condagate.errors import PackageBroken, PackageNotFound, UpstreamTimeout, UpstreamUnavailable
 from condagate.services.connectors import config_of
 from condagate.services.context import Services
 from condagate.services.repodata_cache import SubdirSnapshot
@@ -151,6 +151,12 @@ def _locate_package(services: Services, feed_name: str, subdir: str, filename: s
         feed = _feed_ref(session, feed_name)
         local = package_store.find_file(session=session, feed_id=feed.id, subdir=subdir, filename=filename)
         local_sha256 = local.sha256 if local is not None else None
+        broken_reason = local.broken_reason if local is not None else None
+    if broken_reason is not None:
+        raise PackageBroken(
+            f"{subdir}/{filename} in feed {feed_name!r} is broken ({broken_reason}) and not served: "
+            "an administrator can run 'condagate check' on the server's host, then upload the file again"
+        )
     if local_sha256 is not None:  # the feed's own file: its row is the truth, whatever is being rebuilt
         return _blob(services, feed.id, subdir, filename, local_sha256, feed_name)
     # An upstream file: a download need not wait for a rebuild of its subdir unless the file is new to it.

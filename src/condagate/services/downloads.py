@@ -7,6 +7,7 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime
 
+from condagate import telemetry
 from condagate.store.db import Database
 from condagate.store.downloads import CounterKey, PrincipalKey, add_downloads, add_principal_downloads
 
@@ -28,6 +29,7 @@ class DownloadCounter:
         with self._lock:
             self._pending[key] += 1
             self._by_principal[(feed_id, filename, principal[:200], today)] += 1
+        telemetry.download_counted()
 
     def flush(self) -> int:
         """Write pending counts; on a database error they are kept for the next flush."""
@@ -36,6 +38,7 @@ class DownloadCounter:
                 batch, self._pending = self._pending, Counter()
                 who, self._by_principal = self._by_principal, Counter()
             if not batch:
+                telemetry.download_counts_flushed(0)
                 return 0
             try:
                 with self._db.write() as session:
@@ -47,4 +50,5 @@ class DownloadCounter:
                     self._pending.update(batch)
                     self._by_principal.update(who)
                 return 0
+            telemetry.download_counts_flushed(sum(batch.values()))
             return sum(batch.values())

@@ -1,4 +1,4 @@
-"""Creating, listing and deleting feeds."""
+"""Creating, listing, updating and deleting feeds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from condagate.errors import BadRequest, InvalidName
+from condagate.errors import BadRequest, InvalidName, PermissionDenied
 from condagate.services.blob_cleanup import delete_if_unused
 from condagate.services.context import Services
 from condagate.store import connectors as connector_store
@@ -54,6 +54,7 @@ class FeedInfo:
     created_at: datetime
     package_files: int = 0
     connectors: list[str] = field(default_factory=list)
+    upstream_removals: str = "keep-cached"
 
     @property
     def kind(self) -> str:
@@ -61,6 +62,16 @@ class FeedInfo:
 
 
 UPSTREAM_REMOVALS = ("keep-cached", "follow-upstream")
+MAX_DESCRIPTION = 2000
+
+
+def _check_settings(*, description: str | None, connectors: list[str] | None, upstream_removals: str | None) -> None:
+    if upstream_removals is not None and upstream_removals not in UPSTREAM_REMOVALS:
+        raise BadRequest(f"upstream_removals must be one of {', '.join(UPSTREAM_REMOVALS)}")
+    if connectors is not None and len(set(connectors)) != len(connectors):
+        raise BadRequest("a connector is listed twice")
+    if description is not None and len(description) > MAX_DESCRIPTION:
+        raise BadRequest(f"the description is longer than {MAX_DESCRIPTION} characters")
 
 
 def create_feed(
@@ -74,17 +85,14 @@ def create_feed(
     """A hosted feed, or with ``connectors`` (in order of precedence) a proxy feed that may also host.
     ``upstream_removals``: whether a cached file stays listed once its upstream removes it."""
     validate_feed_name(name)
-    if upstream_removals not in UPSTREAM_REMOVALS:
-        raise BadRequest(f"upstream_removals must be one of {', '.join(UPSTREAM_REMOVALS)}")
     connectors = connectors or []
-    if len(set(connectors)) != len(connectors):
-        raise BadRequest("a connector is listed twice")
+    _check_settings(description=description, connectors=connectors, upstream_removals=upstream_removals)
     with services.db.write() as session:
         connector_ids = [connector_store.get_connector(session=session, name=c).id for c in connectors]
         feed = feed_store.create_feed(session=session, name=name, description=description)
         feed.upstream_removals = upstream_removals
         connector_store.set_feed_connectors(session=session, feed_id=feed.id, connector_ids=connector_ids)
-        return FeedInfo(feed.name, feed.description, feed.created_at, 0, connectors)
+        return FeedInfo(feed.name, feed.description, feed.created_at, 0, connectors, upstream_removals)
 
 
 def list_feeds(services: Services) -> list[FeedInfo]:
@@ -96,6 +104,7 @@ def list_feeds(services: Services) -> list[FeedInfo]:
                 feed.created_at,
                 files,
                 [c.name for c in connector_store.connectors_of_feed(session=session, feed_id=feed.id)],
+                feed.upstream_removals,
             )
             for feed, files in feed_store.list_feeds(session=session)
         ]
@@ -106,7 +115,39 @@ def get_feed(services: Services, *, name: str) -> FeedInfo:
         feed = feed_store.get_feed(session=session, name=name)
         connectors = [c.name for c in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
         files = feed_store.count_files(session=session, feed_id=feed.id)
-        return FeedInfo(feed.name, feed.description, feed.created_at, files, connectors)
+        return FeedInfo(feed.name, feed.description, feed.created_at, files, connectors, feed.upstream_removals)
+
+
+def update_feed(
+    services: Services,
+    *,
+    name: str,
+    description: str | None = None,
+    connectors: list[str] | None = None,
+    upstream_removals: str | None = None,
+    may_attach: bool = True,
+) -> FeedInfo:
+    """Change what is given (None keeps it). ``connectors`` replaces the feed's list, in order of
+    precedence; an empty list detaches them all. Attaching a connector the feed does not use yet needs
+    ``may_attach`` (what creating a proxy feed needs: manage-feed system-wide); detaching and
+    reordering do not. Every worker's channel follows at once: its merged repodata is keyed by the
+    connectors and settings it reads from the database on each request."""
+    _check_settings(description=description, connectors=connectors, upstream_removals=upstream_removals)
+    with services.db.write() as session:
+        feed = feed_store.get_feed(session=session, name=name)
+        if connectors is not None:
+            current = [c.name for c in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
+            added = [c for c in connectors if c not in current]
+            if added and not may_attach:
+                raise PermissionDenied(
+                    f"attaching connectors ({', '.join(added)}) needs the 'manage-feed' permission system-wide, "
+                    "as creating a proxy feed does; detaching and reordering need it on the feed only"
+                )
+            connector_ids = [connector_store.get_connector(session=session, name=c).id for c in connectors]
+            connector_store.set_feed_connectors(session=session, feed_id=feed.id, connector_ids=connector_ids)
+        feed_store.update_feed(session=session, feed=feed, description=description, upstream_removals=upstream_removals)
+    services.lookups.forget_feed(name)  # downloads here see the change at once (other workers within a second)
+    return get_feed(services, name=name)
 
 
 def delete_feed(services: Services, *, name: str) -> None:

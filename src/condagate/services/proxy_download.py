@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
@@ -21,6 +22,7 @@ import httpx
 import msgspec
 from anyio.to_thread import run_sync as run_in_threadpool
 
+from condagate import telemetry
 from condagate.errors import Busy, CondagateError, UpstreamMismatch, UpstreamTimeout, UpstreamUnavailable
 from condagate.services.blob_cleanup import blob_lock_name
 from condagate.services.channel import PackageBlob, UpstreamPackage, cached_blob
@@ -43,8 +45,10 @@ class UpstreamStream:
         response: httpx.Response,
         lock: FileLock,
         keep_going: bool = False,
+        started: float | None = None,
     ) -> None:
         self.services = services
+        self.started = time.perf_counter() if started is None else started  # when the upstream was asked
         self.item = item
         self.response = response
         self.lock = lock
@@ -66,6 +70,7 @@ class UpstreamStream:
         """Read the whole upstream body into ``incoming``, verify it, cache it; return its sha256.
         Always releases the upstream response and the file's lock."""
         committed = False
+        outcome = "error"
         try:
             async for chunk in upstream_http.aiter_body(self.response, self.item.connector.name):
                 incoming.write(chunk)
@@ -78,8 +83,13 @@ class UpstreamStream:
             sha256 = incoming.sha256.hexdigest()
             await run_in_threadpool(self._commit, incoming)
             committed = True
+            outcome = "ok"
             return sha256
+        except BaseException as exc:
+            outcome = telemetry.outcome_of(exc)
+            raise
         finally:
+            telemetry.upstream_fetched("package", self.item.connector.name, outcome, time.perf_counter() - self.started)
             if not committed:
                 incoming.discard()
             await self.response.aclose()
@@ -231,20 +241,29 @@ async def open_upstream(
         )
         if cached is not None:
             lock.release()
+            telemetry.proxy_cache("hit")  # another request fetched it meanwhile
             return cached
         url = connector.file_url(item.subdir, item.filename)
+        telemetry.proxy_cache("miss")
+        started = time.perf_counter()
         try:
             # identity: the bytes must be the file itself, or its sha256 and size cannot match the record
             response = await upstream_http.open_stream(
                 services.http_async, connector, url, headers={"Accept-Encoding": "identity"}
             )
+        except UpstreamTimeout:
+            telemetry.upstream_fetched("package", connector.name, "timeout", time.perf_counter() - started)
+            raise
         except UpstreamUnavailable as exc:
+            telemetry.upstream_fetched("package", connector.name, "error", time.perf_counter() - started)
             raise UpstreamUnavailable(
                 upstream_http.bounded_message(f"{item.filename} is not cached, and {exc.message}"),
                 public=f"{item.filename} is not cached, and connector {connector.name!r} is unreachable",
             ) from None
         if response.status_code != 200:
             await response.aclose()
+            outcome = "missing" if response.status_code == 404 else "error"
+            telemetry.upstream_fetched("package", connector.name, outcome, time.perf_counter() - started)
             failure = upstream_http.unavailable(
                 connector.name,
                 f"{upstream_http.shown(response.url)} answered {response.status_code} {response.reason_phrase[:60]}",
@@ -255,11 +274,12 @@ async def open_upstream(
         size = item.record.get("size")
         if declared is not None and isinstance(size, int) and declared.isdigit() and int(declared) != size:
             await response.aclose()
+            telemetry.upstream_fetched("package", connector.name, "mismatch", time.perf_counter() - started)
             raise UpstreamMismatch(
                 f"connector {connector.name!r}: {item.filename} is {declared} bytes upstream, "
                 f"but its repodata record says {size}"
             )
-        stream = UpstreamStream(services, item, response, lock, keep_going)
+        stream = UpstreamStream(services, item, response, lock, keep_going, started)
         try:
             _in_flight.reserve(connector.id, stream.limit, services.settings.proxy_max_inflight_bytes, connector.name)
         except Busy:

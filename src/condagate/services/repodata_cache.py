@@ -61,6 +61,7 @@ class SubdirSnapshot:
     json: Encoded
     zst: Encoded
     stale: list[tuple[int, str]] = field(default_factory=list)  # (connector id, last error)
+    keep_cached: bool = True  # the feed's upstream_removals when built: a change of it rebuilds
     missing: list[int] = field(default_factory=list)  # connectors with no data at all (left out)
     # Cached files the upstream no longer lists, kept in the feed: file name -> (connector id, since when)
     sticky: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
@@ -218,20 +219,30 @@ class RepodataCache:
         keep_cached: bool = True,
     ) -> SubdirSnapshot:
         current = self._snapshots.get(key)
-        if current is not None and current.version == version and current.upstream_version == upstream_version:
+        # The feed's connectors (ids in order) and settings come from the database on every request:
+        # a change made by any worker process shows here as a different key.
+        if current is not None and (current.version, current.upstream_version, current.keep_cached) == (
+            version,
+            upstream_version,
+            keep_cached,
+        ):
             current.stale = stale
             return current
         if current is not None and not wait:
             return current  # a download: the previous snapshot serves every file it lists
         lock = self._lock(key)
-        if current is not None and current.version == version:
+        if current is not None and current.version == version and current.keep_cached == keep_cached:
             if not lock.acquire(blocking=False):
                 return current  # an upstream merge is being built: the previous one is still correct to serve
         else:
             lock.acquire()
         try:
             current = self._snapshots.get(key)
-            if current is not None and current.version == version and current.upstream_version == upstream_version:
+            if current is not None and (current.version, current.upstream_version, current.keep_cached) == (
+                version,
+                upstream_version,
+                keep_cached,
+            ):
                 return current
             updated = self._rebuild(feed_id, subdir, current, upstreams, keep_cached)
             updated.stale = stale
@@ -264,7 +275,13 @@ class RepodataCache:
             newest = max(newest, revision)
         upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
         sticky: dict[str, tuple[int, datetime | None]] = {}
-        if upstreams and incremental and current is not None and current.upstream_version == upstream_version:
+        if (
+            upstreams
+            and incremental
+            and current is not None
+            and current.upstream_version == upstream_version
+            and current.keep_cached == keep_cached
+        ):
             # Only local records were added: lay them over the previous merge instead of redoing it.
             records, names = dict(current.records), dict(current.names)
             sticky = current.sticky
@@ -312,6 +329,7 @@ class RepodataCache:
             json=Encoded(body, json_etag, built_at),
             zst=Encoded(compress_zstd(body), json_etag.replace("-json", "-zst"), built_at),
             sticky=sticky,
+            keep_cached=keep_cached,
             _previous_shards=previous_shards,
         )
 

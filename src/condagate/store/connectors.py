@@ -47,11 +47,27 @@ def delete_connector(*, session: Session, name: str) -> list[str]:
     connector = get_connector(session=session, name=name)
     used_by = feeds_using(session=session, connector_id=connector.id)
     if used_by:
-        raise Conflict(f"connector {name!r} is used by the feeds {', '.join(used_by)}: remove it from them first")
+        raise Conflict(
+            f"connector {name!r} is used by the feeds {', '.join(used_by)}: detach it from them first, "
+            "or delete it with detach (API ?detach=true, CLI --detach)"
+        )
     digests = list(session.scalars(select(CachedPackage.sha256).where(CachedPackage.connector_id == connector.id)))
     session.execute(delete(CachedPackage).where(CachedPackage.connector_id == connector.id))
     session.delete(connector)
     return digests
+
+
+def detach_connector(*, session: Session, connector_id: int) -> list[str]:
+    """Remove a connector from every feed that uses it; returns those feeds' names."""
+    feeds = feeds_using(session=session, connector_id=connector_id)
+    session.execute(delete(FeedConnector).where(FeedConnector.connector_id == connector_id))
+    session.flush()
+    return feeds
+
+
+def forget_health(*, session: Session, connector_id: int) -> None:
+    """Drop the connector's per-subdir health (its upstream moved: it described the old one)."""
+    session.execute(delete(ConnectorSubdirState).where(ConnectorSubdirState.connector_id == connector_id))
 
 
 def feeds_using(*, session: Session, connector_id: int) -> list[str]:

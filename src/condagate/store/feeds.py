@@ -48,6 +48,18 @@ def create_feed(*, session: Session, name: str, description: str) -> Feed:
     return feed
 
 
+def update_feed(
+    *, session: Session, feed: Feed, description: str | None = None, upstream_removals: str | None = None
+) -> Feed:
+    """Change what is given; None keeps the current value."""
+    if description is not None:
+        feed.description = description
+    if upstream_removals is not None:
+        feed.upstream_removals = upstream_removals
+    session.flush()
+    return feed
+
+
 def delete_feed(*, session: Session, name: str) -> list[str]:
     """Delete a feed and its rows; returns the sha256 of its files, for blob clean-up."""
     feed = get_feed(session=session, name=name)

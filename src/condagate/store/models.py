@@ -71,6 +71,10 @@ class PackageFile(Base):
     revision: Mapped[int] = mapped_column(BigInteger)
     uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     uploaded_by: Mapped[str] = mapped_column(String(200), default="")
+    # Set by ``condagate check --repair`` when the file's blob is missing or holds other bytes, or its
+    # record disagrees with these columns: the row stays (to be re-uploaded or deleted) but is not served.
+    broken_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class User(Base):
@@ -273,3 +277,43 @@ class CachedPackage(Base):
     record: Mapped[str] = mapped_column(Text, default="", server_default="")
     name: Mapped[str] = mapped_column(String(200), default="", server_default="")
     removed_upstream_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PromotionTarget(Base):
+    """A feed that package versions may be promoted into from ``source_feed_id`` (the approval flow)."""
+
+    __tablename__ = "promotion_targets"
+
+    source_feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+    target_feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Promotion(Base):
+    """One promoted (or revoked) file: the audit trail. Feeds are kept by name, so that the history
+    outlives them; ``request_id`` groups the files of one request."""
+
+    __tablename__ = "promotions"
+    __table_args__ = (
+        Index("ix_promotions_source", "source_feed", "at"),
+        Index("ix_promotions_target", "target_feed", "at"),
+        Index("ix_promotions_name", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # "promote" or "revoke"
+    source_feed: Mapped[str] = mapped_column(String(100))
+    target_feed: Mapped[str] = mapped_column(String(100))
+    subdir: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(400))
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    build: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The package's vulnerability and license state when it was promoted (JSON; "{}" before SCA).
+    assessment: Mapped[str] = mapped_column(Text, default="{}")

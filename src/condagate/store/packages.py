@@ -39,7 +39,8 @@ def feed_versions(*, session: Session, feed_id: int) -> tuple[tuple[str, int, in
 
 
 def populated_subdirs(*, session: Session, feed_id: int) -> list[str]:
-    return sorted(set(session.scalars(select(PackageFile.subdir).where(PackageFile.feed_id == feed_id).distinct())))
+    served = select(PackageFile.subdir).where(PackageFile.feed_id == feed_id, PackageFile.broken_reason.is_(None))
+    return sorted(set(session.scalars(served.distinct())))
 
 
 def bump_revision(*, session: Session, feed_id: int, subdir: str, removal: bool = False) -> int:
@@ -74,7 +75,10 @@ def records_since(*, session: Session, feed_id: int, subdir: str, revision: int)
     """(filename, name, record JSON, revision) of rows changed after ``revision``."""
     rows = session.execute(
         select(PackageFile.filename, PackageFile.name, PackageFile.record, PackageFile.revision).where(
-            PackageFile.feed_id == feed_id, PackageFile.subdir == subdir, PackageFile.revision > revision
+            PackageFile.feed_id == feed_id,
+            PackageFile.subdir == subdir,
+            PackageFile.revision > revision,
+            PackageFile.broken_reason.is_(None),
         )
     )
     return [(fn, name, record, int(rev)) for fn, name, record, rev in rows]
@@ -97,14 +101,19 @@ def files_of_names(*, session: Session, feed_id: int, names: list[str]) -> list[
     return list(
         session.scalars(
             select(PackageFile)
-            .where(PackageFile.feed_id == feed_id, or_(*[PackageFile.name == n for n in names]))
+            .where(
+                PackageFile.feed_id == feed_id,
+                PackageFile.broken_reason.is_(None),
+                or_(*[PackageFile.name == n for n in names]),
+            )
             .order_by(PackageFile.name, PackageFile.subdir, PackageFile.filename)
         )
     )
 
 
 def all_files(*, session: Session, feed_id: int) -> list[PackageFile]:
-    return list(session.scalars(select(PackageFile).where(PackageFile.feed_id == feed_id)))
+    served = select(PackageFile).where(PackageFile.feed_id == feed_id, PackageFile.broken_reason.is_(None))
+    return list(session.scalars(served))
 
 
 def files_matching(

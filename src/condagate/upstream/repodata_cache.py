@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from condagate import telemetry
 from condagate.conda.repodata import compress_zstd
 from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
 from condagate.errors import CondagateError, UpstreamUnavailable
@@ -118,6 +119,7 @@ class UpstreamRepodataCache:
         self._disk_checked: set[Key] = set()
         self._guard = threading.Lock()
         self._load_locks: dict[Key, threading.Lock] = {}
+        self._configs: dict[int, ConnectorConfig] = {}  # each connector's settings as last seen here
 
     def _folder(self, connector: ConnectorConfig, subdir: str) -> Path:
         return self._root / str(connector.id) / subdir
@@ -136,8 +138,25 @@ class UpstreamRepodataCache:
     def breaker(self, connector_id: int, subdir: str) -> Breaker | None:
         return self._breakers.get((connector_id, subdir))
 
+    def _observe(self, connector: ConnectorConfig) -> None:
+        """Settings come from the database with every request, so a connector changed by any worker
+        process shows here: what was fetched from another address or with other credentials, or parsed
+        under other filters, is dropped (the copy on disk is parsed again, if it is from the same URL)."""
+        with self._guard:
+            known = self._configs.get(connector.id)
+            if known == connector:
+                return
+            self._configs[connector.id] = connector
+        if known is not None and _fetched_with(known) != _fetched_with(connector):
+            self.forget(connector.id)
+
+    def _current(self, connector: ConnectorConfig) -> bool:
+        """Whether a fetch with these settings still counts (call with the guard held)."""
+        return _fetched_with(self._configs.get(connector.id, connector)) == _fetched_with(connector)
+
     def view(self, connector: ConnectorConfig, subdir: str, *, refresh: bool = True) -> UpstreamView:
         """What is cached now, and the fetch to wait for when one is due (started here, once)."""
+        self._observe(connector)
         key = (connector.id, subdir)
         snapshot = self._snapshots.get(key) or self._load_once(connector, subdir)
         now = time.time()
@@ -176,6 +195,7 @@ class UpstreamRepodataCache:
 
     def refresh(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot:
         """Check the upstream now, back-off or not (the UI's and CLI's "refresh")."""
+        self._observe(connector)
         key = (connector.id, subdir)
         with self._guard:
             self._breakers.pop(key, None)
@@ -184,9 +204,9 @@ class UpstreamRepodataCache:
 
     def forget(self, connector_id: int, remove_files: bool = False) -> None:
         with self._guard:
-            for mapping in (self._snapshots, self._breakers):
+            for mapping in (self._snapshots, self._breakers, self._inflight):
                 for key in [key for key in mapping if key[0] == connector_id]:
-                    del mapping[key]
+                    del mapping[key]  # a fetch in flight finishes, but its outcome is not kept
             self._disk_checked = {key for key in self._disk_checked if key[0] != connector_id}
         if remove_files:
             shutil.rmtree(self._root / str(connector_id), ignore_errors=True)
@@ -215,9 +235,10 @@ class UpstreamRepodataCache:
             current = self._snapshots.get(key)
             snapshot = self._refresh(connector, subdir, current)  # opens the breaker on a failure
             with self._guard:
-                self._snapshots[key] = snapshot
-                if not snapshot.stale:
-                    self._breakers.pop(key, None)
+                if self._current(connector):  # not changed meanwhile
+                    self._snapshots[key] = snapshot
+                    if not snapshot.stale:
+                        self._breakers.pop(key, None)
             return snapshot
         except CondagateError:
             raise
@@ -228,7 +249,9 @@ class UpstreamRepodataCache:
             raise UpstreamUnavailable(f"connector {connector.name!r}: unexpected error while fetching") from exc
         finally:
             with self._guard:
-                self._inflight.pop(key, None)
+                if self._current(connector):  # else forgotten: a newer fetch may own the key
+                    self._inflight.pop(key, None)
+                telemetry.connector_breakers(connector.name, sum(1 for cid, _ in self._breakers if cid == connector.id))
 
     def _open_breaker(self, key: Key, error: str) -> Breaker:
         now = time.time()
@@ -287,7 +310,10 @@ class UpstreamRepodataCache:
         except CondagateError as exc:
             elapsed = int((time.perf_counter() - started) * 1000)
             with self._guard:
-                breaker = self._open_breaker((connector.id, subdir), exc.message)
+                if self._current(connector):
+                    breaker = self._open_breaker((connector.id, subdir), exc.message)
+                else:  # the connector changed meanwhile: this failure says nothing about its new settings
+                    breaker = Breaker(exc.message, time.time(), time.time(), 1)
             self._record_health(
                 connector_id=connector.id,
                 subdir=subdir,
@@ -343,3 +369,16 @@ class UpstreamRepodataCache:
         return UpstreamSnapshot(
             connector.id, subdir, parsed.records, next(_generations), str(meta.get("etag", "")), 0.0
         )
+
+
+def _fetched_with(connector: ConnectorConfig) -> tuple[object, ...]:
+    """The settings a connector's fetched and parsed repodata depends on."""
+    return (
+        connector.url,
+        connector.username,
+        connector.password,
+        connector.token,
+        connector.allow_redirects,
+        connector.include,
+        connector.exclude,
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from condagate import telemetry
 from condagate.errors import UpstreamUnavailable
 from condagate.upstream import http as upstream_http
 from condagate.upstream.addresses import Resolver
@@ -80,6 +81,25 @@ def fetch_repodata(
 ) -> FetchedRepodata:
     """GET ``repodata.json.zst`` (then ``repodata.json``) with ``If-None-Match``; raise on any failure."""
     started = time.perf_counter()
+    try:
+        fetched = _fetch_repodata(client, connector, subdir, etag, limits, resolver, started)
+    except Exception as exc:
+        telemetry.upstream_fetched("repodata", connector.name, telemetry.outcome_of(exc), time.perf_counter() - started)
+        raise
+    outcome = "missing" if fetched.missing else "not_modified" if fetched.body is None else "ok"
+    telemetry.upstream_fetched("repodata", connector.name, outcome, time.perf_counter() - started)
+    return fetched
+
+
+def _fetch_repodata(
+    client: httpx.Client,
+    connector: ConnectorConfig,
+    subdir: str,
+    etag: str,
+    limits: RepodataLimits,
+    resolver: Resolver | None,
+    started: float,
+) -> FetchedRepodata:
     deadline = upstream_http.Deadline(connector.timeout_seconds, connector.name)
     for variant in ("repodata.json.zst", "repodata.json"):
         zst = variant.endswith(".zst")

@@ -6,11 +6,13 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 from starlette.concurrency import run_in_threadpool
 
 from condagate.security.permissions import Permission, Principal, Scope
 from condagate.services import catalog, connectors, feeds
+from condagate.services.connectors import MAX_CACHE_MINUTES, MAX_TIMEOUT_SECONDS, MIN_TIMEOUT_SECONDS
 from condagate.services.context import Services
 from condagate.web.auth import current_principal, requires
 from condagate.web.upstream_wait import wait_for_feed
@@ -18,15 +20,40 @@ from condagate.web.upstream_wait import wait_for_feed
 router = APIRouter(prefix="/api", tags=["feeds"])
 
 
+_REMOVALS_HELP = (
+    "keep-cached: a file this feed cached stays installable after its upstream removes it; "
+    "follow-upstream: it disappears with the upstream's record"
+)
+_REDIRECTS_HELP = (
+    "same-origin: follow the upstream's redirects within its own origin only; "
+    "any-public: also to other public hosts (CDNs). Never to private, loopback or link-local addresses."
+)
+_CACHE_HELP = f"How long fetched repodata counts as fresh, in minutes (0 to {MAX_CACHE_MINUTES})"
+_TIMEOUT_HELP = f"Timeout of each upstream request, in seconds ({MIN_TIMEOUT_SECONDS} to {MAX_TIMEOUT_SECONDS})"
+# Documented here, checked by the service (whose message names both bounds, for the API and the forms).
+_CACHE_BOUNDS: JsonDict = {"minimum": 0, "maximum": MAX_CACHE_MINUTES}
+_TIMEOUT_BOUNDS: JsonDict = {"minimum": MIN_TIMEOUT_SECONDS, "maximum": MAX_TIMEOUT_SECONDS}
+
+
 class FeedCreate(BaseModel):
     name: str = Field(description="URL-safe feed name, e.g. private-conda")
-    description: str = ""
+    description: str = Field(default="", max_length=feeds.MAX_DESCRIPTION)
     connectors: list[str] = Field(default=[], description="Connectors to proxy, first one wins a file name")
-    upstream_removals: str = Field(
-        default="keep-cached",
-        description="keep-cached: a file this feed cached stays installable after its upstream removes it; "
-        "follow-upstream: it disappears with the upstream's record",
+    upstream_removals: str = Field(default="keep-cached", description=_REMOVALS_HELP)
+
+
+class FeedUpdate(BaseModel):
+    """Only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(default=None, max_length=feeds.MAX_DESCRIPTION)
+    connectors: list[str] | None = Field(
+        default=None,
+        description="Replaces the feed's connectors, in order (the first wins a file name); [] detaches them all. "
+        "Attaching a connector needs manage-feed system-wide, as creating a proxy feed does.",
     )
+    upstream_removals: str | None = Field(default=None, description=_REMOVALS_HELP)
 
 
 class ConnectorCreate(BaseModel):
@@ -35,16 +62,37 @@ class ConnectorCreate(BaseModel):
     include: list[str] = Field(default=[], description="Package-name globs to include (all when empty)")
     exclude: list[str] = Field(default=[], description="Package-name globs to exclude")
     subdirs: list[str] = Field(default=[], description="Subdirs to proxy (all when empty)")
-    cache_minutes: int = Field(default=30, description="How long fetched repodata counts as fresh")
-    timeout_seconds: int = Field(default=30, description="Timeout of each upstream request")
+    cache_minutes: int = Field(default=30, description=_CACHE_HELP, json_schema_extra=_CACHE_BOUNDS)
+    timeout_seconds: int = Field(default=30, description=_TIMEOUT_HELP, json_schema_extra=_TIMEOUT_BOUNDS)
     username: str = ""
     password: str = ""
     token: str = ""
-    allow_redirects: str = Field(
-        default="same-origin",
-        description="same-origin: follow the upstream's redirects within its own origin only; "
-        "any-public: also to other public hosts (CDNs). Never to private, loopback or link-local addresses.",
+    allow_redirects: str = Field(default="same-origin", description=_REDIRECTS_HELP)
+    check: bool = Field(
+        default=True,
+        description="Fetch the upstream's repodata for one subdir (noarch, or the first configured) before "
+        "saving, and refuse an upstream that cannot be reached or is not a conda channel",
     )
+
+
+class ConnectorUpdate(BaseModel):
+    """Only the fields given change. Credentials: a value replaces (a token replaces a username and
+    password, and the reverse); an empty or missing one keeps the current; clear_credentials removes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    subdirs: list[str] | None = None
+    cache_minutes: int | None = Field(default=None, description=_CACHE_HELP, json_schema_extra=_CACHE_BOUNDS)
+    timeout_seconds: int | None = Field(default=None, description=_TIMEOUT_HELP, json_schema_extra=_TIMEOUT_BOUNDS)
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    clear_credentials: bool = False
+    allow_redirects: str | None = Field(default=None, description=_REDIRECTS_HELP)
+    check: bool = Field(default=True, description="Check the upstream first when its URL or credentials change")
 
 
 class RefreshRequest(BaseModel):
@@ -65,6 +113,7 @@ def feed_json(request: Request, info: feeds.FeedInfo) -> dict[str, Any]:
         "package_files": info.package_files,
         "kind": info.kind,
         "connectors": info.connectors,
+        "upstream_removals": info.upstream_removals,
         "channel_url": channel_url,
         "conda_config": f"conda config --add channels {channel_url}",
     }
@@ -99,6 +148,26 @@ async def show_feed(request: Request, feed: str) -> dict[str, Any]:
     return feed_json(request, info)
 
 
+@router.patch(
+    "/feeds/{feed}",
+    dependencies=[Depends(requires(Permission.MANAGE_FEED))],
+    summary="Update a feed: description, connectors and their order, upstream removals",
+)
+async def update_feed(request: Request, feed: str, body: FeedUpdate) -> dict[str, Any]:
+    may_attach = current_principal(request).may(Permission.MANAGE_FEED)  # system-wide, as for creating
+    info = await run_in_threadpool(
+        lambda: feeds.update_feed(
+            _services(request),
+            name=feed,
+            description=body.description,
+            connectors=body.connectors,
+            upstream_removals=body.upstream_removals,
+            may_attach=may_attach,
+        )
+    )
+    return feed_json(request, info)
+
+
 @router.delete(
     "/feeds/{feed}",
     status_code=204,
@@ -126,9 +195,7 @@ async def list_packages(
 ) -> dict[str, Any]:
     await wait_for_feed(_services(request), feed)
     page = await run_in_threadpool(
-        lambda: catalog.list_packages(
-            _services(request), feed=feed, search=search or q, offset=offset, limit=limit
-        )
+        lambda: catalog.list_packages(_services(request), feed=feed, search=search or q, offset=offset, limit=limit)
     )
     return asdict(page)
 
@@ -189,8 +256,34 @@ async def list_connectors(request: Request) -> list[dict[str, Any]]:
     summary="Create a connector to an upstream channel",
 )
 async def create_connector(request: Request, body: ConnectorCreate) -> dict[str, Any]:
-    spec = connectors.ConnectorSpec(**body.model_dump())
-    return asdict(await run_in_threadpool(connectors.create_connector, _services(request), spec))
+    spec = connectors.ConnectorSpec(**body.model_dump(exclude={"check"}))
+    info, checked = await run_in_threadpool(
+        lambda: connectors.create_connector(_services(request), spec, check=body.check)
+    )
+    return _changed_json(current_principal(request), info, checked)
+
+
+@router.patch(
+    "/connectors/{connector}",
+    dependencies=[Depends(requires(Permission.ADMIN))],
+    tags=["connectors"],
+    summary="Update a connector: URL, credentials, filters, subdirs, timeout, cache lifetime, redirects",
+)
+async def update_connector(request: Request, connector: str, body: ConnectorUpdate) -> dict[str, Any]:
+    changes = connectors.ConnectorChanges(**body.model_dump(exclude={"check"}))
+    info, checked = await run_in_threadpool(
+        lambda: connectors.update_connector(_services(request), connector, changes, check=body.check)
+    )
+    return _changed_json(current_principal(request), info, checked)
+
+
+def _changed_json(
+    principal: Principal, info: connectors.ConnectorInfo, checked: connectors.UpstreamCheck | None
+) -> dict[str, Any]:
+    """A created or updated connector, with what the upstream check found (null when not checked)."""
+    shown = _connector_json(principal, info)
+    shown["check"] = None if checked is None else {**asdict(checked), "message": checked.message}
+    return shown
 
 
 @router.get(
@@ -221,10 +314,14 @@ def _connector_json(principal: Principal, info: connectors.ConnectorInfo) -> dic
     status_code=204,
     dependencies=[Depends(requires(Permission.ADMIN))],
     tags=["connectors"],
-    summary="Delete a connector no feed uses",
+    summary="Delete a connector; one that feeds use is refused (409) unless detach=true",
 )
-async def delete_connector(request: Request, connector: str) -> Response:
-    await run_in_threadpool(connectors.delete_connector, _services(request), connector)
+async def delete_connector(
+    request: Request,
+    connector: str,
+    detach: bool = Query(default=False, description="First detach the connector from the feeds that use it"),
+) -> Response:
+    await run_in_threadpool(lambda: connectors.delete_connector(_services(request), connector, detach=detach))
     return Response(status_code=204)
 
 

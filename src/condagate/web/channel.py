@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from condagate import telemetry
 from condagate.errors import NotFound, PackageNotFound
 from condagate.security.permissions import Permission, Principal
 from condagate.services import channel
@@ -145,6 +146,8 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         if located.snapshot.record(filename) is None:
             raise
         found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
+    if request.method == "GET" and isinstance(found, channel.PackageBlob) and not found.replaceable:
+        telemetry.proxy_cache("hit")  # an upstream file, served from the proxy cache
     if isinstance(found, channel.UpstreamPackage):
         if request.method == "HEAD":
             return _upstream_head(found)

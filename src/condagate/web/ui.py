@@ -41,16 +41,25 @@ async def feeds_page(request: Request) -> Response:
     return render(request, "feeds.html", {"feeds": [i for i in items if principal.may(Permission.VIEW, i.name)]})
 
 
-def _wizard(request: Request, values: dict[str, str], *, error: str | None = None, status_code: int = 200) -> Response:
-    """The "Create new feed" wizard: hosted, or connected to one of the connectors (by name)."""
+def _chosen(picked: list[str]) -> list[str]:
+    """Connectors picked in order (the wizard's first choice, then its "and then" slots), each once."""
+    chosen: list[str] = []
+    for name in (value.strip() for value in picked):
+        if name and name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def _wizard(request: Request, values: dict[str, Any], *, error: str | None = None, status_code: int = 200) -> Response:
+    """The "Create new feed" wizard: hosted, or connected to one or more connectors (by name, in order)."""
     listed = connectors.list_connectors(services_of(request))
-    form = {"name": "", "description": "", "kind": "hosted", "connector": "", **values}
+    form: dict[str, Any] = {"name": "", "description": "", "kind": "hosted", "chosen": [], **values}
     return render(request, "feed_new.html", {"error": error, "connectors": listed, **form}, status_code=status_code)
 
 
 @router.get("/feeds/new", dependencies=[Depends(requires(Permission.MANAGE_FEED))])
 async def new_feed_page(request: Request, connector: str = "") -> Response:
-    values = {"kind": "proxy", "connector": connector} if connector else {}
+    values: dict[str, Any] = {"kind": "proxy", "chosen": [connector]} if connector else {}
     return await run_in_threadpool(lambda: _wizard(request, values))
 
 
@@ -60,27 +69,94 @@ async def create_feed(
     name: str = Form(""),
     description: str = Form(""),
     kind: str = Form("hosted"),
-    connector: str = Form(""),
+    connector: list[str] = Form([]),
 ) -> Response:
-    values = {"name": name, "description": description, "kind": kind, "connector": connector}
+    chosen = _chosen(connector)
+    values = {"name": name, "description": description, "kind": kind, "chosen": chosen}
 
     def create() -> Response:
         try:
             if kind not in ("hosted", "proxy"):
                 raise BadRequest(f"unknown feed kind {kind!r}: choose Hosted or Connect to an upstream")
-            if kind == "proxy" and not connector:
+            if kind == "proxy" and not chosen:
                 raise BadRequest("choose the upstream connector the feed proxies")
             feeds.create_feed(
                 services_of(request),
                 name=name.strip(),
                 description=description.strip(),
-                connectors=[connector] if kind == "proxy" else None,
+                connectors=chosen if kind == "proxy" else None,
             )
         except CondagateError as exc:
             return _wizard(request, values, error=exc.message, status_code=exc.status_code)
         return RedirectResponse(f"/feeds/{name.strip()}", status_code=303)
 
     return await run_in_threadpool(create)
+
+
+def _settings_page(
+    request: Request,
+    feed: str,
+    *,
+    values: dict[str, Any] | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    services = services_of(request)
+    info = feeds.get_feed(services, name=feed)
+    form: dict[str, Any] = {
+        "description": info.description,
+        "chosen": info.connectors,
+        "upstream_removals": info.upstream_removals,
+        **(values or {}),
+    }
+    context = {
+        "feed": info,
+        "connectors": connectors.list_connectors(services),
+        "may_attach": current_principal(request).may(Permission.MANAGE_FEED),
+        "removals": feeds.UPSTREAM_REMOVALS,
+        "error": error,
+        **form,
+    }
+    return render(request, "feed_settings.html", context, status_code=status_code)
+
+
+@router.get("/feeds/{feed}/settings", dependencies=[Depends(requires(Permission.MANAGE_FEED))])
+async def feed_settings_page(request: Request, feed: str) -> Response:
+    return await run_in_threadpool(lambda: _settings_page(request, feed))
+
+
+@router.post("/feeds/{feed}/settings", dependencies=[Depends(requires(Permission.MANAGE_FEED))])
+async def update_feed(
+    request: Request,
+    feed: str,
+    description: str | None = Form(None),
+    connector: list[str] = Form([]),
+    connector_slots: str | None = Form(None),
+    upstream_removals: str | None = Form(None),
+) -> Response:
+    """The form sends the description, the removal policy and the connectors in order (its slots,
+    marked by ``connector_slots``: an empty one is skipped; all empty detaches every connector)."""
+    chosen = _chosen(connector)
+    values = {"description": description or "", "chosen": chosen, "upstream_removals": upstream_removals or ""}
+    may_attach = current_principal(request).may(Permission.MANAGE_FEED)
+
+    def update() -> Response:
+        try:
+            feeds.update_feed(
+                services_of(request),
+                name=feed,
+                description=None if description is None else description.strip(),
+                connectors=chosen if connector_slots is not None else None,
+                upstream_removals=upstream_removals or None,
+                may_attach=may_attach,
+            )
+        except CondagateError as exc:
+            if exc.status_code == 404 and exc.code == "feed_not_found":
+                raise
+            return _settings_page(request, feed, values=values, error=exc.message, status_code=exc.status_code)
+        return RedirectResponse(f"/feeds/{feed}", status_code=303)
+
+    return await run_in_threadpool(update)
 
 
 @router.get("/feeds/{feed}", dependencies=[Depends(requires(Permission.VIEW))])
@@ -146,7 +222,11 @@ async def login(
 
     try:
         principal = await run_in_threadpool(
-            authentication.log_in, services, client=client, user=user.strip(), password=password,
+            authentication.log_in,
+            services,
+            client=client,
+            user=user.strip(),
+            password=password,
             api_key=api_key.strip(),
         )
     except CondagateError as exc:
