@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from condagate import __version__
-from condagate.cli import admin, connectors, feeds, packages, security
+from condagate.cli import admin, connectors, feeds, packages, promote, security
 from condagate.cli.check import check
 from condagate.cli.mirror import mirror
 from condagate.cli.serve import serve
@@ -37,6 +37,9 @@ app.command("serve")(serve)
 app.command("upload")(upload)
 app.command("mirror")(mirror)
 app.command("check")(check)
+app.command("promote")(promote.promote)
+app.command("promotions")(promote.promotions)
+feeds.app.command("create-pair")(promote.create_pair)
 app.add_typer(feeds.app, name="feed")
 app.add_typer(connectors.app, name="connector")
 app.add_typer(packages.app, name="package")

@@ -1,4 +1,5 @@
-"""Upload: a streamed body becomes a validated package file in a feed, or nothing at all."""
+"""Upload: a streamed body becomes a validated package file in a feed (through ``services.publish``),
+or nothing at all."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from anyio.to_thread import run_sync as run_in_threadpool
@@ -23,12 +23,11 @@ from condagate.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
-from condagate.services.blob_cleanup import blob_lock_name, delete_if_unused, delete_unused_locked
 from condagate.services.context import Services
+from condagate.services.publish import Candidate, Outcome, publish
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 from condagate.store.blobs import IncomingBlob
-from condagate.store.locks import held
 from condagate.store.models import PackageFile
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def store_upload(
     may_overwrite: bool = False,
     uploaded_by: str = "",
 ) -> UploadResult:
-    """Validate ``incoming`` and add it to the feed; on any failure nothing is kept."""
+    """Validate ``incoming`` and publish it in the feed; on any failure nothing is kept."""
     started = time.perf_counter()
     sha256 = incoming.sha256.hexdigest()
     try:
@@ -117,52 +116,38 @@ def store_upload(
             present = package_store.find_file(
                 session=session, feed_id=feed.id, subdir=package_subdir, filename=filename
             )
-            if present is not None and present.sha256 == sha256:
+            if present is not None and present.sha256 == sha256 and present.broken_reason is None:
                 incoming.discard()
                 return UploadResult(
                     feed_name, filename, package_subdir, sha256, present.md5, present.size, False, record, True
                 )
-            _refuse_existing(present, filename, force, may_overwrite)
-        with held(services.locks_dir, blob_lock_name(sha256)):
-            blob_is_new = services.blobs.commit(incoming)
-            try:
-                with services.db.write() as session:
-                    existing = package_store.find_file(
-                        session=session, feed_id=feed.id, subdir=package_subdir, filename=filename
-                    )
-                    _refuse_existing(existing, filename, force, may_overwrite)
-                    replaced_sha256 = existing.sha256 if existing is not None else None
-                    if existing is not None:
-                        package_store.delete_file(session=session, row=existing)
-                    revision = package_store.bump_revision(session=session, feed_id=feed.id, subdir=package_subdir)
-                    session.add(
-                        PackageFile(
-                            feed_id=feed.id,
-                            subdir=package_subdir,
-                            filename=filename,
-                            name=metadata.index["name"],
-                            version=metadata.index["version"],
-                            build=metadata.index["build"],
-                            sha256=sha256,
-                            md5=record["md5"],
-                            size=incoming.size,
-                            record=encode_record(record).decode(),
-                            about=json.dumps(about_summary(metadata), sort_keys=True),
-                            revision=revision,
-                            uploaded_at=datetime.now(UTC),
-                            uploaded_by=uploaded_by,
-                        )
-                    )
-            except BaseException:
-                if blob_is_new:
-                    delete_unused_locked(services, sha256)
-                raise
+            if present is None or present.sha256 != sha256:  # the same bytes as a broken file: restoring it
+                _refuse_existing(present, filename, force, may_overwrite)
+        candidate = Candidate(
+            subdir=package_subdir,
+            filename=filename,
+            name=metadata.index["name"],
+            version=metadata.index["version"],
+            build=metadata.index["build"],
+            sha256=sha256,
+            md5=record["md5"],
+            size=incoming.size,
+            record=encode_record(record),
+            about=json.dumps(about_summary(metadata), sort_keys=True),
+            incoming=incoming,
+        )
+        published = publish(
+            services,
+            feed_name,
+            [candidate],
+            actor=uploaded_by,
+            action="upload",
+            replace=force and may_overwrite,
+            exists_hint="; upload with force to replace it",
+        ).files[0]
     except BaseException:
         incoming.discard()
         raise
-    services.lookups.forget_feed(feed_name)
-    if replaced_sha256 is not None and replaced_sha256 != sha256:
-        delete_if_unused(services, replaced_sha256)
     log.info(
         "stored %s/%s/%s (%d bytes) in %.1f ms",
         feed_name,
@@ -178,8 +163,9 @@ def store_upload(
         sha256=sha256,
         md5=record["md5"],
         size=incoming.size,
-        replaced=existing is not None,
+        replaced=published.outcome == Outcome.REPLACED,
         record=record,
+        unchanged=published.outcome == Outcome.UNCHANGED,
     )
 
 

@@ -6,8 +6,10 @@ from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -15,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -33,6 +36,12 @@ class Feed(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # What happens to a cached file when its upstream removes it: "keep-cached" or "follow-upstream".
     upstream_removals: Mapped[str] = mapped_column(String(20), default="keep-cached", server_default="keep-cached")
+    # SCA: "off", "warn" or "block"; advisories below ``min_severity`` are not acted on.
+    vulnerability_policy: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
+    min_severity: Mapped[str] = mapped_column(String(16), default="high", server_default="high")
+    # Blocked records are left out of the repodata (a solver then picks a safe version).
+    hide_blocked: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    license_policy: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
 
 
 class SubdirState(Base):
@@ -317,3 +326,96 @@ class Promotion(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The package's vulnerability and license state when it was promoted (JSON; "{}" before SCA).
     assessment: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class Advisory(Base):
+    """One imported OSV advisory. ``aliases`` and ``links`` are JSON lists; ``severity`` is a level
+    (none, low, medium, high, critical, unknown) derived from the CVSS vector when there is one."""
+
+    __tablename__ = "advisories"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    modified: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    withdrawn: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[str] = mapped_column(Text, default="")
+    aliases: Mapped[str] = mapped_column(Text, default="[]")
+    severity: Mapped[str] = mapped_column(String(16), default="unknown")
+    severity_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    severity_vector: Mapped[str] = mapped_column(Text, default="")
+    links: Mapped[str] = mapped_column(Text, default="[]")
+    source: Mapped[str] = mapped_column(String(400), default="")  # the file it was imported from
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AdvisoryPackage(Base):
+    """One ``affected`` entry of an advisory: a package of an ecosystem (e.g. PyPI) and the versions
+    it affects (``ranges``: the OSV ranges as JSON, ``versions``: the explicit list as JSON)."""
+
+    __tablename__ = "advisory_packages"
+    __table_args__ = (
+        Index("ix_advisory_packages_advisory", "advisory_id"),
+        Index("ix_advisory_packages_name", "ecosystem", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id", ondelete="CASCADE"))
+    ecosystem: Mapped[str] = mapped_column(String(50))
+    name: Mapped[str] = mapped_column(String(200))  # normalised the ecosystem's way (PEP 503 for PyPI)
+    ranges: Mapped[str] = mapped_column(Text, default="[]")
+    versions: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class PackageNameOverride(Base):
+    """An administrator's mapping of a conda package name to an ecosystem's name; ``ecosystem_name``
+    None means "this conda package has no counterpart there"."""
+
+    __tablename__ = "package_name_overrides"
+
+    conda_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    ecosystem: Mapped[str] = mapped_column(String(50), primary_key=True)
+    ecosystem_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AdvisoryAssessment(Base):
+    """An administrator's verdict on an advisory (ignore, caution, block), system-wide (``feed_id``
+    None) or for one feed; the newest row for an advisory and feed is in force, older ones are history."""
+
+    __tablename__ = "advisory_assessments"
+    __table_args__ = (Index("ix_advisory_assessments_advisory", "advisory_id", "feed_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(String(100))
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), nullable=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LicenseRule(Base):
+    """Allow or block a license (an SPDX id) system-wide (``feed_id`` None) or for one feed; the
+    subject "unknown" stands for packages whose license is not recognised (allow, warn or block)."""
+
+    __tablename__ = "license_rules"
+    __table_args__ = (Index("ix_license_rules_feed", "feed_id", "subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), nullable=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ScaState(Base):
+    """One row: its revision grows with every change to advisories, assessments, license rules or a
+    feed's SCA policy, so that each process knows when its filtered repodata is out of date."""
+
+    __tablename__ = "sca_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)

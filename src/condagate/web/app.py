@@ -20,7 +20,7 @@ from condagate import __version__
 from condagate.security.permissions import Permission
 from condagate.services.context import Services
 from condagate.settings import Settings
-from condagate.web import api, api_packages, api_security, channel, metrics, ui, ui_packages, uploads
+from condagate.web import api, api_packages, api_promotion, api_security, channel, metrics, ui, ui_packages, uploads
 from condagate.web.access_log import AccessLogMiddleware
 from condagate.web.auth import requires
 from condagate.web.errors import install_error_handlers
@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api_security.router)
     app.include_router(api_packages.router)
+    app.include_router(api_promotion.router)
     app.include_router(metrics.router)
     app.include_router(uploads.router)
     app.include_router(channel.router)
