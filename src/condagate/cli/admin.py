@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from condagate.cli.options import JsonOption
+
+if TYPE_CHECKING:
+    from condagate.settings import Settings
 
 app = typer.Typer(
     help="On the server's host: work on the database directly (no running server needed).", no_args_is_help=True
@@ -20,6 +23,23 @@ err = Console(stderr=True, soft_wrap=True)
 def fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False)
     raise typer.Exit(1)
+
+
+def host_settings(data_dir: Path | None) -> Settings:
+    """The settings of the server whose data folder is ``data_dir`` (or ``CONDAGATE_*``), refusing a
+    folder that holds no condagate database: a mistyped folder would otherwise get a new, empty one."""
+    from condagate.settings import Settings
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir)
+    except ValueError as exc:
+        fail(f"invalid CONDAGATE_* setting: {exc}")
+    folder = settings.data_dir
+    if folder.exists() and not folder.is_dir():
+        fail(f"the data dir {folder} is not a folder")
+    if not settings.database_url and not (folder / "condagate.db").is_file():
+        fail(f"no condagate database in {folder}: pass the server's --data-dir (or set CONDAGATE_DATA_DIR)")
+    return settings
 
 
 @app.command("create-key")
@@ -33,18 +53,9 @@ def create_key(
     from condagate.errors import CondagateError
     from condagate.services.bootstrap import ADMIN_USER, create_admin_key
     from condagate.services.context import Services
-    from condagate.settings import Settings
 
-    try:
-        settings = Settings.from_env(data_dir=data_dir)
-    except ValueError as exc:
-        fail(f"invalid CONDAGATE_* setting: {exc}")
+    settings = host_settings(data_dir)
     folder = settings.data_dir
-    if folder.exists() and not folder.is_dir():
-        fail(f"the data dir {folder} is not a folder")
-    if not settings.database_url and not (folder / "condagate.db").is_file():
-        # A mistyped folder would otherwise get a new, empty database holding nothing but this key.
-        fail(f"no condagate database in {folder}: pass the server's --data-dir (or set CONDAGATE_DATA_DIR)")
     try:
         services = Services.open(settings)
         try:

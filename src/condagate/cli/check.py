@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from condagate.cli.admin import fail
+from condagate.cli.admin import fail, host_settings
 from condagate.cli.options import JsonOption
 
 if TYPE_CHECKING:
@@ -59,17 +59,9 @@ def check(
     from condagate.errors import CondagateError
     from condagate.services import consistency
     from condagate.services.context import Services
-    from condagate.settings import Settings
 
-    try:
-        settings = Settings.from_env(data_dir=data_dir)
-    except ValueError as exc:
-        fail(f"invalid CONDAGATE_* setting: {exc}")
+    settings = host_settings(data_dir)
     folder = settings.data_dir
-    if folder.exists() and not folder.is_dir():
-        fail(f"the data dir {folder} is not a folder")
-    if not settings.database_url and not (folder / "condagate.db").is_file():
-        fail(f"no condagate database in {folder}: pass the server's --data-dir (or set CONDAGATE_DATA_DIR)")
     try:
         services = Services.open(settings)
         try:
