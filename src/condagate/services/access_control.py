@@ -38,6 +38,8 @@ _PASSWORD_CHECK_WAIT_SECONDS = 10.0
 class PasswordChecksBusy(CondagateError):
     status_code = 503
     code = "busy"
+
+
 _PASSWORD_CACHE_LIMIT = 10_000
 
 
@@ -49,9 +51,7 @@ def _merge(*parts: Grants) -> Grants:
         for feed, permissions in part_feeds.items():
             feeds.setdefault(feed, set()).update(permissions)
     expanded_system = expand(system)
-    return expanded_system, {
-        feed: expand(permissions) | expanded_system for feed, permissions in feeds.items()
-    }
+    return expanded_system, {feed: expand(permissions) | expanded_system for feed, permissions in feeds.items()}
 
 
 def _narrow(grants: Grants, permissions: frozenset[Permission] | None, feeds: list[str] | None) -> Grants:
@@ -132,8 +132,9 @@ def _build(rows: security_store.SecurityRows) -> Snapshot:
         users[name.lower()] = (user_id, password_hash)
     keys: dict[str, KeyEntry] = {}
     for key, feed_ids in rows.keys:
-        keys[key.key_hash] = KeyEntry(key.id, _key_principal(key, feed_ids, rows, user_grants, anonymous_grants),
-                                      key.expires_at)
+        keys[key.key_hash] = KeyEntry(
+            key.id, _key_principal(key, feed_ids, rows, user_grants, anonymous_grants), key.expires_at
+        )
     return Snapshot(
         rows.revision,
         anonymous,

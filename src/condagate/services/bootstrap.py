@@ -36,8 +36,13 @@ def ensure_admin_key(services: Services) -> Bootstrap:
             session=session, name=ADMIN_USER, password_hash=None
         )
         security_store.add_grant(
-            session=session, kind="user", user_id=admin.id, group_id=None, permission=Permission.ADMIN.value,
-            feed_id=None, created_by="condagate",
+            session=session,
+            kind="user",
+            user_id=admin.id,
+            group_id=None,
+            permission=Permission.ADMIN.value,
+            feed_id=None,
+            created_by="condagate",
         )
         security_store.add_key(
             session=session,
@@ -60,20 +65,30 @@ def create_admin_key(services: Services, description: str = "administrator key (
             session=session, name=ADMIN_USER, password_hash=None
         )
         grants = security_store.list_grants(session=session)
-        if not any(g.principal_kind == "user" and g.principal_name == admin.name and g.permission == "admin"
-                   and g.feed is None for g in grants):
+        if not any(
+            g.principal_kind == "user" and g.principal_name == admin.name and g.permission == "admin" and g.feed is None
+            for g in grants
+        ):
             security_store.add_grant(
-                session=session, kind="user", user_id=admin.id, group_id=None, permission=Permission.ADMIN.value,
-                feed_id=None, created_by="condagate admin create-key",
+                session=session,
+                kind="user",
+                user_id=admin.id,
+                group_id=None,
+                permission=Permission.ADMIN.value,
+                feed_id=None,
+                created_by="condagate admin create-key",
             )
         security_store.add_key(
-            session=session, key_hash=hash_key(key), description=description, permissions=[], user_id=admin.id,
-            created_by="condagate admin create-key", hint=key[:7],
+            session=session,
+            key_hash=hash_key(key),
+            description=description,
+            permissions=[],
+            user_id=admin.id,
+            created_by="condagate admin create-key",
+            hint=key[:7],
         )
     return key
 
 
 def housekeeping(services: Services) -> None:
     seal_stored_credentials(services)
-
-

@@ -339,7 +339,5 @@ def upstream_states(services: Services, *, feed: str, subdirs: list[str]) -> lis
                 continue
             breaker = services.upstream.breaker(connector.id, subdir)
             if breaker is not None:  # never fetched successfully: the feed lists it without this connector
-                states.append(
-                    UpstreamState(connector.name, subdir, None, breaker.error, moment(breaker.failing_since))
-                )
+                states.append(UpstreamState(connector.name, subdir, None, breaker.error, moment(breaker.failing_since)))
     return states

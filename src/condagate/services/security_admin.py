@@ -182,8 +182,13 @@ def add_grant(
     with services.db.write() as session:
         kind, user_id, group_id, feed_id = _grant_target(session, principal, feed)
         grant, created = security_store.add_grant(
-            session=session, kind=kind, user_id=user_id, group_id=group_id, permission=parsed.value,
-            feed_id=feed_id, created_by=by,
+            session=session,
+            kind=kind,
+            user_id=user_id,
+            group_id=group_id,
+            permission=parsed.value,
+            feed_id=feed_id,
+            created_by=by,
         )
         grant_id = grant.id
         info = next(_grant_info(row) for row in security_store.list_grants(session=session) if row.id == grant_id)
@@ -254,8 +259,19 @@ def _key_info(row: security_store.KeyRow, key: str | None = None) -> KeyInfo:
     k = row.key
     kind = "personal" if k.user_id is not None else "feed" if k.scope == "feeds" else "system"
     return KeyInfo(
-        k.id, k.description, kind, row.user, row.feeds, [p for p in k.permissions.split(",") if p], k.hint,
-        k.created_at, k.created_by, k.expires_at, k.last_used_at, k.revoked_at, key,
+        k.id,
+        k.description,
+        kind,
+        row.user,
+        row.feeds,
+        [p for p in k.permissions.split(",") if p],
+        k.hint,
+        k.created_at,
+        k.created_by,
+        k.expires_at,
+        k.last_used_at,
+        k.revoked_at,
+        key,
     )
 
 

@@ -6,6 +6,7 @@ Connector pages live in ``ui_connectors``; their routes are part of this router.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -13,8 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from condagate.errors import BadRequest, CondagateError
 from condagate.security.permissions import Permission, Scope
-from condagate.services import authentication, catalog, connectors, feeds, sessions
-from condagate.web import ui_connectors, ui_security
+from condagate.services import authentication, catalog, connectors, feeds, promotion_links, sessions
+from condagate.services.context import Services
+from condagate.web import ui_connectors, ui_promotion, ui_security
 from condagate.web.auth import current_principal, requires
 from condagate.web.ui_common import daily_chart, render, services_of
 from condagate.web.upstream_wait import wait_for_feed
@@ -50,11 +52,38 @@ def _chosen(picked: list[str]) -> list[str]:
     return chosen
 
 
-def _wizard(request: Request, values: dict[str, Any], *, error: str | None = None, status_code: int = 200) -> Response:
-    """The "Create new feed" wizard: hosted, or connected to one or more connectors (by name, in order)."""
-    listed = connectors.list_connectors(services_of(request))
-    form: dict[str, Any] = {"name": "", "description": "", "kind": "hosted", "chosen": [], **values}
-    return render(request, "feed_new.html", {"error": error, "connectors": listed, **form}, status_code=status_code)
+PAIR_NAMES = ("unapproved-conda", "approved-conda")  # the approval flow's pair, as the mission names it
+
+
+def _free_pair_names(services: Services) -> tuple[str, str]:
+    """The pair's suggested names: the mission's, or with the first suffix neither feed has yet."""
+    taken = {info.name.lower() for info in feeds.list_feeds(services)}
+    source, target = PAIR_NAMES
+    suffix = 1
+    while source.lower() in taken or target.lower() in taken:
+        suffix += 1
+        source, target = (f"{name}-{suffix}" for name in PAIR_NAMES)
+    return source, target
+
+
+def _wizard(
+    request: Request,
+    values: dict[str, Any],
+    *,
+    error: str | None = None,
+    invalid: str = "",
+    status_code: int = 200,
+) -> Response:
+    """The "Create new feed" wizard: hosted, or connected to one or more connectors (by name, in order);
+    one feed, or the approval flow's two (``feeds=two``: a source feed and its promotion target).
+    ``invalid``: the field the error is about (``name``, ``source_name``, ``target_name``)."""
+    services = services_of(request)
+    listed = connectors.list_connectors(services)
+    form: dict[str, Any] = {"name": "", "description": "", "kind": "hosted", "chosen": [], "feeds": "one", **values}
+    if not form.get("source_name") and not form.get("target_name"):
+        form["source_name"], form["target_name"] = _free_pair_names(services)
+    context = {"error": error, "invalid": invalid or ("name" if error else ""), "connectors": listed, **form}
+    return render(request, "feed_new.html", context, status_code=status_code)
 
 
 @router.get("/feeds/new", dependencies=[Depends(requires(Permission.MANAGE_FEED))])
@@ -70,9 +99,21 @@ async def create_feed(
     description: str = Form(""),
     kind: str = Form("hosted"),
     connector: list[str] = Form([]),
+    feeds_count: str = Form("one", alias="feeds"),
+    source_name: str = Form(""),
+    target_name: str = Form(""),
 ) -> Response:
     chosen = _chosen(connector)
-    values = {"name": name, "description": description, "kind": kind, "chosen": chosen}
+    values = {
+        "name": name,
+        "description": description,
+        "kind": kind,
+        "chosen": chosen,
+        "feeds": "two" if feeds_count == "two" else "one",
+        "source_name": source_name,
+        "target_name": target_name,
+    }
+    actor = current_principal(request).name
 
     def create() -> Response:
         try:
@@ -80,6 +121,8 @@ async def create_feed(
                 raise BadRequest(f"unknown feed kind {kind!r}: choose Hosted or Connect to an upstream")
             if kind == "proxy" and not chosen:
                 raise BadRequest("choose the upstream connector the feed proxies")
+            if feeds_count == "two":
+                return _create_pair(request, values, chosen if kind == "proxy" else [], actor)
             feeds.create_feed(
                 services_of(request),
                 name=name.strip(),
@@ -91,6 +134,31 @@ async def create_feed(
         return RedirectResponse(f"/feeds/{name.strip()}", status_code=303)
 
     return await run_in_threadpool(create)
+
+
+def _create_pair(request: Request, values: dict[str, Any], chosen: list[str], actor: str) -> Response:
+    """The wizard's "Yes, create two feeds": the unapproved feed (proxy of ``chosen``, hosted when none) and the
+    approved feed it promotes into; each name checked on its own, so that the error names its field."""
+    services = services_of(request)
+    source, target = values["source_name"].strip(), values["target_name"].strip()
+    taken = {info.name.lower() for info in feeds.list_feeds(services)}
+    for field, label, value in (("source_name", "Unapproved feed", source), ("target_name", "Approved feed", target)):
+        try:
+            feeds.validate_feed_name(value)
+        except CondagateError as exc:
+            message = exc.message if value else "enter a name: letters, digits, '.', '_' and '-'"
+            return _wizard(request, values, error=f"{label}: {message}", invalid=field, status_code=exc.status_code)
+        if value.lower() in taken:
+            message = f"{label}: a feed named {value!r} exists already: choose another name"
+            return _wizard(request, values, error=message, invalid=field, status_code=409)
+    if source.lower() == target.lower():
+        message = "the unapproved and the approved feed need two different names"
+        return _wizard(request, values, error=message, invalid="target_name", status_code=400)
+    try:
+        promotion_links.create_pair(services, source=source, target=target, connectors=chosen, actor=actor)
+    except CondagateError as exc:
+        return _wizard(request, values, error=exc.message, invalid="source_name", status_code=exc.status_code)
+    return RedirectResponse(f"/feeds/{quote(source)}", status_code=303)
 
 
 def _settings_page(
@@ -161,7 +229,7 @@ async def update_feed(
 
 @router.get("/feeds/{feed}", dependencies=[Depends(requires(Permission.VIEW))])
 async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> Response:
-    services = services_of(request)
+    services, principal = services_of(request), current_principal(request)
     page = max(page, 1)
 
     def gather() -> dict[str, Any]:
@@ -171,6 +239,7 @@ async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> 
         )
         downloads = catalog.downloads_of_packages(services, feed=feed, names=[item.name for item in listing.items])
         context: dict[str, Any] = {"feed": info, "listing": listing, "downloads": downloads, "stale": [], "top": None}
+        context["promo"] = ui_promotion.feed_context(services, principal, feed)  # the approval flow's block
         if info.kind == "proxy":
             by_name = {c.name: c for c in connectors.list_connectors(services)}
             context["upstreams"] = [by_name[name] for name in info.connectors if name in by_name]
@@ -191,10 +260,12 @@ async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> 
 
 @router.get("/feeds/{feed}/packages/{name}", dependencies=[Depends(requires(Permission.VIEW))])
 async def package_page(request: Request, feed: str, name: str) -> Response:
-    await wait_for_feed(services_of(request), feed)
-    detail = await run_in_threadpool(lambda: catalog.package_detail(services_of(request), feed=feed, name=name))
+    services, principal = services_of(request), current_principal(request)
+    await wait_for_feed(services, feed)
+    detail = await run_in_threadpool(lambda: catalog.package_detail(services, feed=feed, name=name))
+    promo = await run_in_threadpool(lambda: ui_promotion.package_context(services, principal, feed, name))
     chart = daily_chart(detail.downloads_per_day, days=STATISTICS_DAYS, width=440, height=150)
-    return render(request, "package.html", {"detail": detail, "chart": chart})
+    return render(request, "package.html", {"detail": detail, "chart": chart, "promo": promo})
 
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
@@ -257,3 +328,4 @@ async def logout(request: Request) -> Response:
 
 router.include_router(ui_connectors.router)
 router.include_router(ui_security.router)
+router.include_router(ui_promotion.router)

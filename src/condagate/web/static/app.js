@@ -42,3 +42,13 @@ document.addEventListener("submit", (event) => {
   const message = event.target.dataset && event.target.dataset.confirm;
   if (message && !window.confirm(message)) event.preventDefault();
 });
+
+// The wizard's "One feed" / "Yes, create two feeds": only the names of the shown choice are required.
+document.addEventListener("change", (event) => {
+  const input = event.target;
+  const form = input.closest && input.closest("form.wizard");
+  if (!form || input.name !== "feeds" || input.type !== "radio") return;
+  form.querySelectorAll("[data-required-when]").forEach((field) => {
+    field.required = field.dataset.requiredWhen === input.value;
+  });
+});
