@@ -4,16 +4,21 @@ CondagateError                 (500, internal)
 ├── BadRequest                 (400)
 │   ├── InvalidPackage         (400, invalid_package)
 │   ├── ChecksumMismatch       (400, checksum_mismatch)
-│   └── InvalidName            (400, invalid_name)
+│   ├── InvalidName            (400, invalid_name)
+│   ├── UnknownLicenseId       (400, unknown_license)
+│   └── ImportRefused          (400, import_refused)
 ├── AuthenticationRequired     (401, authentication_required)
 ├── PermissionDenied           (403, permission_denied)
+│   └── PackageBlocked         (403, package_blocked)
 ├── NotFound                   (404)
 │   ├── FeedNotFound           (404, feed_not_found)
 │   ├── SubdirNotFound         (404, subdir_not_found)
 │   ├── PackageNotFound        (404, package_not_found)
 │   ├── NotInSource            (404, not_in_source)
 │   ├── NotPromoted            (404, not_promoted)
-│   └── PromotionLinkNotFound  (404, promotion_link_not_found)
+│   ├── PromotionLinkNotFound  (404, promotion_link_not_found)
+│   ├── LicenseRuleNotFound    (404, license_rule_not_found)
+│   └── AdvisoryNotFound       (404, advisory_not_found)
 ├── Conflict                   (409)
 │   ├── FeedExists             (409, feed_exists)
 │   ├── PackageExists          (409, package_exists)
@@ -186,3 +191,28 @@ class PromotionConflict(Conflict):
     """The target already holds a file of the same name with other bytes: nothing was promoted."""
 
     code = "promotion_conflict"
+
+
+class UnknownLicenseId(BadRequest):
+    code = "unknown_license"
+
+
+class PackageBlocked(PermissionDenied):
+    """A download of a package file the feed's SCA policy blocks (403): the message names the advisory
+    or the license rule, and how to get it assessed."""
+
+    code = "package_blocked"
+
+
+class LicenseRuleNotFound(NotFound):
+    code = "license_rule_not_found"
+
+
+class ImportRefused(BadRequest):
+    """An import as a whole cannot be read (not a zip or JSON, too many documents, too large)."""
+
+    code = "import_refused"
+
+
+class AdvisoryNotFound(NotFound):
+    code = "advisory_not_found"

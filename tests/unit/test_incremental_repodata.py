@@ -37,7 +37,8 @@ def test_one_upload_touches_one_shard_and_only_loads_new_rows(tmp_path: Path):
         assert after_shards["one"] is before_shards["one"]
         assert after_shards["three"] is before_shards["three"]
         assert after_shards["two"][1] != before_shards["two"][1]
-        assert services.repodata.shard(feed_id, after, before_shards["two"][1].hex()) == before_shards["two"][2]
+        old_digest = before_shards["two"][1].hex()
+        assert services.repodata.shard(feed_id, after, "noarch", old_digest) == before_shards["two"][2]
         # Unchanged records are reused as the very same bytes objects, never re-read from the database.
         assert all(after.records[fn] is raw for fn, raw in before.records.items())
         assert len(after.records) == 4

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from condagate import __version__
-from condagate.cli import admin, connectors, feeds, packages, promote, security
+from condagate.cli import admin, advisories, connectors, feeds, licenses, packages, promote, security
 from condagate.cli.check import check
 from condagate.cli.mirror import mirror
 from condagate.cli.serve import serve
@@ -48,6 +48,8 @@ app.add_typer(security.groups, name="group")
 app.add_typer(security.grants, name="grant")
 app.add_typer(security.apikeys, name="apikey")
 app.add_typer(admin.app, name="admin")
+app.add_typer(licenses.app, name="licenses")
+app.add_typer(advisories.app, name="advisories")
 
 
 def main() -> None:

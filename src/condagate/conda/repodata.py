@@ -6,7 +6,7 @@ import bz2
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import zstandard
 
@@ -37,9 +37,12 @@ def _packages_object(records: Mapping[str, bytes], filenames: list[str]) -> byte
     return b"{}"
 
 
-def encode_repodata(subdir: str, records: Mapping[str, bytes], *, base_url: str | None = None) -> bytes:
-    """repodata.json bytes; ``records`` maps file names to canonical record JSON bytes."""
-    ordered = sorted(records)
+def encode_repodata(
+    subdir: str, records: Mapping[str, bytes], *, base_url: str | None = None, exclude: Collection[str] = ()
+) -> bytes:
+    """repodata.json bytes; ``records`` maps file names to canonical record JSON bytes. ``exclude``:
+    file names left out (what a feed's policy hides), without copying ``records``."""
+    ordered = sorted(records.keys() - exclude) if exclude else sorted(records)
     info: dict[str, str] = {"subdir": subdir}
     version = 1
     if base_url is not None:

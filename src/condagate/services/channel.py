@@ -1,8 +1,13 @@
-"""Reading a feed as a conda channel: resolving feeds, snapshots and where a package file comes from."""
+"""Reading a feed as a conda channel: resolving feeds, snapshots and where a package file comes from.
+
+The feed's SCA settings (``services.policy.FeedPolicy``) travel with what is resolved here, read in the same session
+as the feed, so that ``services.sca`` can filter the served repodata and check downloads without
+asking the database again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,7 @@ from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import PackageBroken, PackageNotFound, UpstreamTimeout, UpstreamUnavailable
 from condagate.services.connectors import config_of
 from condagate.services.context import Services
+from condagate.services.policy import FeedPolicy
 from condagate.services.repodata_cache import SubdirSnapshot
 from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
@@ -26,6 +32,11 @@ class FeedRef:
     name: str
     connectors: list[ConnectorConfig] = field(default_factory=list)
     keep_cached: bool = True  # cached files stay listed after their upstream removes them
+    policy: FeedPolicy | None = None  # None: the feed's policies are off
+
+    @property
+    def sca(self) -> FeedPolicy:
+        return self.policy or FeedPolicy(self.id, self.name)
 
     def connector_name(self, connector_id: int) -> str:
         return next((c.name for c in self.connectors if c.id == connector_id), str(connector_id))
@@ -39,7 +50,7 @@ def resolve_feed(services: Services, name: str) -> FeedRef:
 def _feed_ref(session: Session, name: str) -> FeedRef:
     feed = feed_store.get_feed(session=session, name=name)
     connectors = [config_of(row) for row in connector_store.connectors_of_feed(session=session, feed_id=feed.id)]
-    return FeedRef(feed.id, feed.name, connectors, feed.upstream_removals != "follow-upstream")
+    return FeedRef(feed.id, feed.name, connectors, feed.upstream_removals != "follow-upstream", FeedPolicy.of(feed))
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,7 @@ class FeedSubdir:
         raise UpstreamUnavailable(message, public=message)
 
 
-def feed_subdir(
-    services: Services, feed_name: str, subdir: str, wait: bool = True, refresh: bool = True
-) -> FeedSubdir:
+def feed_subdir(services: Services, feed_name: str, subdir: str, wait: bool = True, refresh: bool = True) -> FeedSubdir:
     """Never waits on an upstream: what is there now, plus the fetches a request may wait for
     (asynchronously, see ``web.channel``) before asking again with ``refresh=False``."""
     require_known_subdir(subdir)
@@ -116,6 +125,9 @@ class PackageBlob:
     sha256: str
     path: Path
     replaceable: bool = False  # a feed's own file (upload --force may replace it), not an upstream one
+    # What the download check needs (set when located through a feed): its SCA policy, the record's bytes.
+    policy: FeedPolicy | None = None
+    record: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,7 @@ class UpstreamPackage:
     subdir: str
     filename: str
     record: dict[str, Any]
+    policy: FeedPolicy | None = None
 
 
 def locate_package(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob | UpstreamPackage:
@@ -151,6 +164,7 @@ def _locate_package(services: Services, feed_name: str, subdir: str, filename: s
         feed = _feed_ref(session, feed_name)
         local = package_store.find_file(session=session, feed_id=feed.id, subdir=subdir, filename=filename)
         local_sha256 = local.sha256 if local is not None else None
+        local_record = local.record.encode() if local is not None else None
         broken_reason = local.broken_reason if local is not None else None
     if broken_reason is not None:
         raise PackageBroken(
@@ -158,7 +172,8 @@ def _locate_package(services: Services, feed_name: str, subdir: str, filename: s
             "an administrator can run 'condagate check' on the server's host, then upload the file again"
         )
     if local_sha256 is not None:  # the feed's own file: its row is the truth, whatever is being rebuilt
-        return _blob(services, feed.id, subdir, filename, local_sha256, feed_name)
+        blob = _blob(services, feed.id, subdir, filename, local_sha256, feed_name)
+        return replace(blob, policy=feed.policy, record=local_record)
     # An upstream file: a download need not wait for a rebuild of its subdir unless the file is new to it.
     located = feed_subdir(services, feed_name, subdir, wait=False)
     if located.snapshot.record(filename) is None or located.snapshot.is_local(filename):
@@ -170,22 +185,24 @@ def _locate(
     services: Services, located: FeedSubdir, feed_name: str, subdir: str, filename: str
 ) -> PackageBlob | UpstreamPackage:
     feed, snapshot = located.feed, located.snapshot
+    raw = snapshot.records.get(filename)
     record = snapshot.record(filename)
     if record is None:
         raise PackageNotFound(f"{subdir}/{filename} is not in feed {feed_name!r}")
     if snapshot.is_local(filename):
-        return _blob(services, feed.id, subdir, filename, str(record["sha256"]), feed_name)
+        blob = _blob(services, feed.id, subdir, filename, str(record["sha256"]), feed_name)
+        return replace(blob, policy=feed.policy, record=raw)
     kept = snapshot.sticky.get(filename)
     if kept is not None:  # removed upstream, kept here: only the cached copy can serve it
         found = cached_blob(services, kept[0], feed.id, subdir, filename, record.get("sha256"))
         if found is None:
             raise PackageNotFound(f"{subdir}/{filename} was removed upstream and its cached copy is gone")
-        return found
+        return replace(found, policy=feed.policy, record=raw)
     connector = _connector_listing(services, feed, subdir, filename)
     cached = cached_blob(services, connector.id, feed.id, subdir, filename, record.get("sha256"))
     if cached is not None:
-        return cached
-    return UpstreamPackage(feed.id, connector, subdir, filename, record)
+        return replace(cached, policy=feed.policy, record=raw)
+    return UpstreamPackage(feed.id, connector, subdir, filename, record, feed.policy)
 
 
 def cached_blob(

@@ -23,7 +23,7 @@ from rattler.exceptions import InvalidMatchSpecError, SolverError
 from condagate.conda.environment_files import EnvironmentRequest, read_environment_file
 from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import BadRequest, SubdirNotFound
-from condagate.services import channel
+from condagate.services import channel, sca
 from condagate.services.context import Services
 
 __all__ = [
@@ -77,14 +77,22 @@ def solve_closure(
     specs: list[str],
     subdirs: list[str],
     virtual_packages: Mapping[str, Sequence[str]] | None = None,
+    *,
+    repodata: Mapping[str, bytes] | None = None,
 ) -> ClosureResult:
     """Solve ``specs`` for each of ``subdirs`` (with noarch) against the feed's repodata.
 
     ``virtual_packages`` overrides ``default_virtual_packages`` per subdir (``name=version`` strings).
-    A subdir whose specs cannot be solved is named in ``unresolved`` with the solver's message."""
+    A subdir whose specs cannot be solved is named in ``unresolved`` with the solver's message.
+    ``repodata``: repodata.json bytes per subdir (each of ``subdirs`` and noarch) to solve against
+    instead of what the feed serves (what-if questions: ``services.sca_impact``)."""
     parsed = _parse_specs(specs)
     chosen = _parse_subdirs(subdirs)
-    repodata = _feed_repodata(services, feed_name, [*[s for s in chosen if s != "noarch"], "noarch"])
+    needed = [*[s for s in chosen if s != "noarch"], "noarch"]
+    if repodata is None:
+        repodata = _feed_repodata(services, feed_name, needed)
+    else:
+        repodata = {subdir: repodata[subdir] for subdir in needed}
     wanted: dict[tuple[str, str], WantedFile] = {}
     unresolved: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="condagate-closure-") as folder:
@@ -159,7 +167,8 @@ def _feed_repodata(services: Services, feed_name: str, subdirs: list[str]) -> di
                 located[subdir] = channel.feed_subdir(services, feed_name, subdir, refresh=False)
     for found in located.values():
         found.require_data()  # nothing at all, because an upstream failed: UpstreamUnavailable/Timeout
-    return {subdir: found.snapshot.json.body for subdir, found in located.items()}
+    # Less what the feed's SCA policy hides, as its channel serves it.
+    return {subdir: sca.served_subdir(services, found).json.body for subdir, found in located.items()}
 
 
 def _virtual(packages: Sequence[str]) -> list[rattler.GenericVirtualPackage]:

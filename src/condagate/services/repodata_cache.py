@@ -6,6 +6,11 @@ loaded; when an upstream's records changed, the merge is redone once. The subdir
 from cached record bytes (no record is re-parsed) and compressed once per change. Shards are built
 when first asked for, re-encoding only the package names whose records changed. bz2 is slow and
 rarely asked for: it is built on first request and kept until the next change.
+
+A feed whose SCA policy hides blocked records serves a ``FilteredSubdir`` instead: the snapshot less
+those records, encoded once per (snapshot, SCA revision, policy) and reusing the snapshot's shards of
+every package name it leaves alone. A feed without such a policy serves the snapshot itself: no
+per-record work at all.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
 from condagate.conda.records import decode_record
@@ -24,6 +30,7 @@ from condagate.conda.shards import encode_shard, encode_shard_index
 from condagate.store import connectors as connector_store
 from condagate.store import packages as package_store
 from condagate.store.db import Database
+from condagate.store.models import PackageFile
 from condagate.store.packages import SubdirVersion
 from condagate.upstream.connector import ConnectorConfig
 from condagate.upstream.repodata_cache import Pending, UpstreamRepodataCache, UpstreamSnapshot, UpstreamView
@@ -141,6 +148,139 @@ class SubdirSnapshot:
         return shards
 
 
+class Served(Protocol):
+    """What the channel serves of one subdir: a ``SubdirSnapshot``, or a ``FilteredSubdir`` of it."""
+
+    @property
+    def json(self) -> Encoded: ...
+
+    @property
+    def zst(self) -> Encoded: ...
+
+    def bz2(self) -> Encoded: ...
+
+    def shard_index(self) -> Encoded: ...
+
+    def shard_by_digest(self, digest_hex: str) -> bytes | None: ...
+
+
+@dataclass
+class FilteredSubdir:
+    """A snapshot less ``hidden`` (records a feed's SCA policy blocks), encoded as the snapshot is."""
+
+    snapshot: SubdirSnapshot
+    hidden: frozenset[str]
+    json: Encoded
+    zst: Encoded
+    _shards: dict[str, ShardEntry] | None = None
+    _shard_index: Encoded | None = None
+    _shards_by_digest: dict[str, bytes] | None = None
+    _bz2: Encoded | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, snapshot: SubdirSnapshot, hidden: frozenset[str], previous: Served | None) -> FilteredSubdir:
+        body = encode_repodata(snapshot.subdir, snapshot.records, exclude=hidden)
+        etag = _etag(body, "json")
+        if isinstance(previous, FilteredSubdir) and previous.json.etag == etag:
+            return cls(snapshot, hidden, previous.json, previous.zst, _bz2=previous._bz2)
+        # Last-Modified must move with the body: the filter may change while the snapshot does not.
+        moment = max(snapshot.built_at, datetime.now(UTC).replace(microsecond=0))
+        if previous is not None and moment <= previous.json.last_modified:
+            moment = previous.json.last_modified + timedelta(seconds=1)
+        return cls(
+            snapshot,
+            hidden,
+            Encoded(body, etag, moment),
+            Encoded(compress_zstd(body), etag.replace("-json", "-zst"), moment),
+        )
+
+    @property
+    def subdir(self) -> str:
+        return self.snapshot.subdir
+
+    def bz2(self) -> Encoded:
+        with self._bz2_lock:
+            if self._bz2 is None:
+                body = compress_bz2(self.json.body)
+                self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.json.last_modified)
+            return self._bz2
+
+    def shards(self) -> dict[str, ShardEntry]:
+        """The snapshot's shards, re-encoded only for the package names that lose records."""
+        base = self.snapshot.shards()
+        by_name = self.snapshot.by_name()
+        with self._lock:
+            if self._shards is None:
+                touched = {self.snapshot.names[fn] for fn in self.hidden if fn in self.snapshot.names}
+                shards = {name: entry for name, entry in base.items() if name not in touched}
+                for name in touched:
+                    kept = sorted(fn for fn in by_name.get(name, []) if fn not in self.hidden)
+                    if kept:
+                        key = tuple((fn, self.snapshot.records[fn]) for fn in kept)
+                        digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                        shards[name] = (key, digest, body)
+                self._shards = shards
+                self._shards_by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}
+            return self._shards
+
+    def shard_by_digest(self, digest_hex: str) -> bytes | None:
+        self.shards()
+        assert self._shards_by_digest is not None
+        return self._shards_by_digest.get(digest_hex)
+
+    def shard_index(self) -> Encoded:
+        shards = self.shards()
+        with self._lock:
+            if self._shard_index is None:
+                index = encode_shard_index(
+                    self.subdir, {name: entry[1] for name, entry in shards.items()}, self.json.last_modified
+                )
+                self._shard_index = Encoded(index, _etag(index, "shards"), self.json.last_modified)
+            return self._shard_index
+
+
+@dataclass(frozen=True)
+class PreviousFilter:
+    """A subdir's last filtered build: what the next build starts from."""
+
+    snapshot: SubdirSnapshot
+    stamp: Hashable
+    view: Served
+    hidden: frozenset[str]
+    memo: Any  # what the filter keeps between builds (services.sca)
+
+
+class RevisionMemo:
+    """Values worth computing once per SCA revision (verdicts, advisory states): all forgotten when the
+    revision moves. Lives with the repodata cache, whose filtered views are its main reader."""
+
+    def __init__(self, limit: int = 2_000_000) -> None:
+        self._revision: int | None = None
+        self._values: dict[Hashable, Any] = {}
+        self._limit = limit
+        self._newest_seen = -1
+
+    def first_sight(self, revision: int) -> bool:
+        """Whether ``revision`` is newer than any this process has seen (it is then seen)."""
+        if revision <= self._newest_seen:
+            return False
+        self._newest_seen = revision
+        return True
+
+    def get(self, revision: int, key: Hashable) -> Any | None:
+        if revision != self._revision:
+            return None
+        return self._values.get(key)
+
+    def put(self, revision: int, key: Hashable, value: Any) -> None:
+        if revision != self._revision or len(self._values) >= self._limit:
+            self._values = {}  # replaced, not cleared: a reader in another thread keeps a whole dict
+            self._revision = revision
+        self._values[key] = value
+
+
 class RepodataCache:
     def __init__(self, db: Database, upstream: UpstreamRepodataCache | None = None) -> None:
         self._db = db
@@ -149,9 +289,12 @@ class RepodataCache:
         self._locks: dict[tuple[int, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._retired_shards: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
-        self._channeldata: dict[int, tuple[tuple[tuple[str, int, int], ...], Encoded]] = {}
+        self._channeldata: dict[int, tuple[Hashable, Encoded]] = {}
+        # What each feed subdir serves under a hiding SCA policy.
+        self._served: dict[tuple[int, str], PreviousFilter] = {}
+        self.verdicts = RevisionMemo()
 
-    def _lock(self, key: tuple[int, str]) -> threading.Lock:
+    def _lock(self, key: tuple[int, str]) -> threading.Lock:  # (feed id, subdir or "served:" + subdir)
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
@@ -356,26 +499,78 @@ class RepodataCache:
         while len(self._retired_shards) > _RETIRED_SHARDS_KEPT:
             self._retired_shards.popitem(last=False)
 
-    def shard(self, feed_id: int, snapshot: SubdirSnapshot, digest_hex: str) -> bytes | None:
-        return snapshot.shard_by_digest(digest_hex) or self._retired_shards.get((feed_id, snapshot.subdir, digest_hex))
+    def served(
+        self,
+        feed_id: int,
+        snapshot: SubdirSnapshot,
+        stamp: Hashable,
+        hidden_of: Callable[[SubdirSnapshot, PreviousFilter | None], tuple[frozenset[str], Any]],
+    ) -> Served:
+        """What a feed with a hiding SCA policy serves of ``snapshot``: built once per snapshot and
+        ``stamp`` (the SCA revision and the feed's policy); the snapshot itself when nothing is hidden.
+        ``hidden_of`` decides what to hide, given what the previous build found (to redo only what
+        changed) and returns its own memo for the next. While a new view of the same snapshot is being
+        built, the previous one is served."""
+        key = (feed_id, snapshot.subdir)
+        cached = self._served.get(key)
+        if cached is not None and cached.snapshot is snapshot and cached.stamp == stamp:
+            return cached.view
+        lock = self._lock((feed_id, "served:" + snapshot.subdir))
+        if cached is not None and cached.snapshot is snapshot:
+            if not lock.acquire(blocking=False):
+                return cached.view  # being rebuilt for a new SCA revision: the previous one meanwhile
+        else:
+            lock.acquire()
+        try:
+            cached = self._served.get(key)
+            if cached is not None and cached.snapshot is snapshot and cached.stamp == stamp:
+                return cached.view
+            hidden, memo = hidden_of(snapshot, cached)
+            previous = cached.view if cached is not None else None
+            # Once filtered, a view stays one: its Last-Modified must not go back to the snapshot's.
+            filtered = hidden or isinstance(previous, FilteredSubdir)
+            view: Served = FilteredSubdir.build(snapshot, hidden, previous) if filtered else snapshot
+            if isinstance(previous, FilteredSubdir) and previous._shards is not None and previous is not view:
+                self._retire(feed_id, snapshot.subdir, previous._shards)
+            self._served[key] = PreviousFilter(snapshot, stamp, view, hidden, memo)
+            return view
+        finally:
+            lock.release()
 
-    def channeldata(self, *, feed_id: int) -> Encoded:
+    def was_filtered(self, feed_id: int, subdir: str) -> bool:
+        """Whether this process has served a filtered view of the subdir (it then keeps to views)."""
+        return (feed_id, subdir) in self._served
+
+    def shard(self, feed_id: int, served: Served, subdir: str, digest_hex: str) -> bytes | None:
+        return served.shard_by_digest(digest_hex) or self._retired_shards.get((feed_id, subdir, digest_hex))
+
+    def channeldata(
+        self,
+        *,
+        feed_id: int,
+        stamp: Hashable = None,
+        keep: Callable[[Sequence[PackageFile]], Sequence[PackageFile]] | None = None,
+    ) -> Encoded:
+        """channeldata.json of the feed's own files; ``keep`` (with its ``stamp``, part of the cache
+        key) leaves out what an SCA policy hides."""
         with self._db.read() as session:
-            state = package_store.feed_versions(session=session, feed_id=feed_id)
+            state = (package_store.feed_versions(session=session, feed_id=feed_id), stamp)
             cached = self._channeldata.get(feed_id)
             if cached is not None and cached[0] == state:
                 return cached[1]
-            files = package_store.all_files(session=session, feed_id=feed_id)
-            summaries = [
-                PackageFileSummary(
-                    name=row.name,
-                    version=row.version,
-                    subdir=row.subdir,
-                    timestamp=int(decode_record(row.record.encode()).get("timestamp", 0)),
-                    about=decode_record(row.about.encode()),
-                )
-                for row in files
-            ]
+            files = list(package_store.all_files(session=session, feed_id=feed_id))
+        if keep is not None:  # outside the session: deciding may read the database too
+            files = list(keep(files))
+        summaries = [
+            PackageFileSummary(
+                name=row.name,
+                version=row.version,
+                subdir=row.subdir,
+                timestamp=int(decode_record(row.record.encode()).get("timestamp", 0)),
+                about=decode_record(row.about.encode()),
+            )
+            for row in files
+        ]
         body = encode_channeldata(summaries, {row.subdir for row in files})
         encoded = Encoded(body, _etag(body, "channeldata"), datetime.now(UTC).replace(microsecond=0))
         self._channeldata[feed_id] = (state, encoded)
@@ -386,4 +581,6 @@ class RepodataCache:
             del self._snapshots[key]
         for shard_key in [key for key in self._retired_shards if key[0] == feed_id]:
             del self._retired_shards[shard_key]
+        for served_key in [key for key in self._served if key[0] == feed_id]:
+            del self._served[served_key]
         self._channeldata.pop(feed_id, None)

@@ -28,6 +28,16 @@ _REDIRECTS_HELP = (
     "same-origin: follow the upstream's redirects within its own origin only; "
     "any-public: also to other public hosts (CDNs). Never to private, loopback or link-local addresses."
 )
+_VULNERABILITY_HELP = (
+    "off: advisories are only shown; warn: downloads proceed with an X-Condagate-Warning header; "
+    "block: downloads of affected versions answer 403 and they cannot be promoted or uploaded here"
+)
+_SEVERITY_HELP = (
+    "none, low, medium, high or critical: advisories below it are not acted on (unknown severity counts as "
+    "reaching it; an assessment overrides)"
+)
+_HIDE_HELP = "Leave blocked records out of the repodata, so that a solver picks a safe version"
+_LICENSE_HELP = "off, warn or block: what the license rules' warn and block verdicts do in this feed"
 _CACHE_HELP = f"How long fetched repodata counts as fresh, in minutes (0 to {MAX_CACHE_MINUTES})"
 _TIMEOUT_HELP = f"Timeout of each upstream request, in seconds ({MIN_TIMEOUT_SECONDS} to {MAX_TIMEOUT_SECONDS})"
 # Documented here, checked by the service (whose message names both bounds, for the API and the forms).
@@ -54,6 +64,13 @@ class FeedUpdate(BaseModel):
         "Attaching a connector needs manage-feed system-wide, as creating a proxy feed does.",
     )
     upstream_removals: str | None = Field(default=None, description=_REMOVALS_HELP)
+    vulnerability_policy: str | None = Field(default=None, description=_VULNERABILITY_HELP)
+    min_severity: str | None = Field(default=None, description=_SEVERITY_HELP)
+    hide_blocked: bool | None = Field(default=None, description=_HIDE_HELP)
+    license_policy: str | None = Field(default=None, description=_LICENSE_HELP)
+
+    def sca(self) -> feeds.ScaSettings:
+        return feeds.ScaSettings(self.vulnerability_policy, self.min_severity, self.hide_blocked, self.license_policy)
 
 
 class ConnectorCreate(BaseModel):
@@ -114,6 +131,10 @@ def feed_json(request: Request, info: feeds.FeedInfo) -> dict[str, Any]:
         "kind": info.kind,
         "connectors": info.connectors,
         "upstream_removals": info.upstream_removals,
+        "vulnerability_policy": info.vulnerability_policy,
+        "min_severity": info.min_severity,
+        "hide_blocked": info.hide_blocked,
+        "license_policy": info.license_policy,
         "channel_url": channel_url,
         "conda_config": f"conda config --add channels {channel_url}",
     }
@@ -151,7 +172,7 @@ async def show_feed(request: Request, feed: str) -> dict[str, Any]:
 @router.patch(
     "/feeds/{feed}",
     dependencies=[Depends(requires(Permission.MANAGE_FEED))],
-    summary="Update a feed: description, connectors and their order, upstream removals",
+    summary="Update a feed: description, connectors and their order, upstream removals, SCA policies",
 )
 async def update_feed(request: Request, feed: str, body: FeedUpdate) -> dict[str, Any]:
     may_attach = current_principal(request).may(Permission.MANAGE_FEED)  # system-wide, as for creating
@@ -163,6 +184,7 @@ async def update_feed(request: Request, feed: str, body: FeedUpdate) -> dict[str
             connectors=body.connectors,
             upstream_removals=body.upstream_removals,
             may_attach=may_attach,
+            sca=body.sca(),
         )
     )
     return feed_json(request, info)

@@ -20,7 +20,21 @@ from condagate import __version__
 from condagate.security.permissions import Permission
 from condagate.services.context import Services
 from condagate.settings import Settings
-from condagate.web import api, api_packages, api_promotion, api_security, channel, metrics, ui, ui_packages, uploads
+from condagate.web import (
+    api,
+    api_advisories,
+    api_licenses,
+    api_packages,
+    api_promotion,
+    api_sca,
+    api_security,
+    channel,
+    metrics,
+    ui,
+    ui_packages,
+    ui_sca,
+    uploads,
+)
 from condagate.web.access_log import AccessLogMiddleware
 from condagate.web.auth import requires
 from condagate.web.errors import install_error_handlers
@@ -91,12 +105,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api_security.router)
     app.include_router(api_packages.router)
     app.include_router(api_promotion.router)
+    app.include_router(api_advisories.router)
+    app.include_router(api_licenses.router)
     app.include_router(metrics.router)
     app.include_router(uploads.router)
     app.include_router(channel.router)
     app.include_router(channel.router, prefix="/t/{token}", include_in_schema=False)
     app.include_router(ui.router)
     app.include_router(ui_packages.router)
+    app.include_router(api_sca.router)
+    app.include_router(ui_sca.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     # Swagger UI from a package, never from a CDN: the server must work without the internet.
     app.mount("/api/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")

@@ -1,4 +1,10 @@
-"""The conda channel protocol: repodata variants, shards, channeldata and package files."""
+"""The conda channel protocol: repodata variants, shards, channeldata and package files.
+
+A feed's SCA policy applies here (``services.sca``): its repodata, shards and channeldata leave out the
+records it blocks when the feed hides them, and every package download (GET and HEAD, hosted, cached
+or relayed from the upstream, mirroring included) of a blocked file answers 403 naming the advisory
+or license rule; a warned one is served with an ``X-Condagate-Warning`` header.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from condagate import telemetry
 from condagate.errors import NotFound, PackageNotFound
 from condagate.security.permissions import Permission, Principal
-from condagate.services import channel
+from condagate.services import channel, sca
 from condagate.services.context import Services
 from condagate.services.proxy_download import open_upstream
-from condagate.services.repodata_cache import Encoded
+from condagate.services.repodata_cache import Served
 from condagate.web.auth import requires
 from condagate.web.responses import (
     IMMUTABLE_CACHE_CONTROL,
@@ -56,6 +62,15 @@ async def _located(services: Services, feed: str, subdir: str) -> channel.FeedSu
     return located
 
 
+async def _served(services: Services, located: channel.FeedSubdir) -> Served:
+    """The subdir as the feed serves it: less what its SCA policy hides (no extra work without one)."""
+    if not located.feed.sca.filters_repodata and not services.repodata.was_filtered(
+        located.feed.id, located.snapshot.subdir
+    ):
+        return located.snapshot
+    return await run_in_threadpool(sca.served_subdir, services, located)
+
+
 def _with_stale_notice(request: Request, response: Response, located: channel.FeedSubdir) -> Response:
     principal: Principal = request.state.principal
     notice = located.stale_notice if principal.may(Permission.ADMIN) else located.public_stale_notice
@@ -83,12 +98,7 @@ async def channel_index(request: Request, feed: str) -> Response | dict[str, str
 
 @router.api_route("/conda/{feed}/channeldata.json", methods=GET_HEAD, dependencies=VIEW)
 async def channeldata(request: Request, feed: str) -> Response:
-    services = _services(request)
-
-    def build() -> Encoded:
-        return services.repodata.channeldata(feed_id=channel.resolve_feed(services, feed).id)
-
-    encoded = await run_in_threadpool(build)
+    encoded = await run_in_threadpool(sca.served_channeldata, _services(request), feed)
     return encoded_response(request, encoded, "application/json", REPODATA_CACHE_CONTROL)
 
 
@@ -100,8 +110,10 @@ async def notices(request: Request, feed: str) -> Response:
 
 @router.api_route("/conda/{feed}/{subdir}/repodata_shards.msgpack.zst", methods=GET_HEAD, dependencies=VIEW)
 async def shard_index(request: Request, feed: str, subdir: str) -> Response:
-    located = await _located(_services(request), feed, subdir)
-    encoded = await run_in_threadpool(located.snapshot.shard_index)
+    services = _services(request)
+    located = await _located(services, feed, subdir)
+    served = await _served(services, located)
+    encoded = await run_in_threadpool(served.shard_index)
     response = encoded_response(request, encoded, "application/zstd", REPODATA_CACHE_CONTROL)
     return _with_stale_notice(request, response, located)
 
@@ -112,7 +124,8 @@ async def shard(request: Request, feed: str, subdir: str, shard_name: str) -> Re
     digest_hex = shard_name.removesuffix(".msgpack.zst")
 
     located = await _located(services, feed, subdir)
-    body = await run_in_threadpool(services.repodata.shard, located.feed.id, located.snapshot, digest_hex)
+    served = await _served(services, located)
+    body = await run_in_threadpool(services.repodata.shard, located.feed.id, served, subdir, digest_hex)
     if body is None or not shard_name.endswith(".msgpack.zst"):
         raise NotFound(f"no shard {shard_name!r} in {feed}/{subdir}")
     etag = f'"{digest_hex}"'
@@ -132,10 +145,10 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
     if variant is not None:
         located = await _located(services, feed, subdir)
         kind, media_type = variant
-        snapshot = located.snapshot
-        encoded = snapshot.json if kind == "json" else snapshot.zst if kind == "zst" else None
+        served = await _served(services, located)
+        encoded = served.json if kind == "json" else served.zst if kind == "zst" else None
         if encoded is None:
-            encoded = await run_in_threadpool(snapshot.bz2)
+            encoded = await run_in_threadpool(served.bz2)
         response = encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
         return _with_stale_notice(request, response, located)
     try:
@@ -146,11 +159,17 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         if located.snapshot.record(filename) is None:
             raise
         found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
+    warning: sca.ScaVerdict | None = None
+    if found.policy is not None and found.policy.active:  # a blocked file: 403 before any byte or fetch
+        warning = await run_in_threadpool(sca.check_download, services, found)
+    warned = {sca.WARNING_HEADER: warning.warning(f"{subdir}/{filename}")} if warning is not None else {}
     if request.method == "GET" and isinstance(found, channel.PackageBlob) and not found.replaceable:
         telemetry.proxy_cache("hit")  # an upstream file, served from the proxy cache
     if isinstance(found, channel.UpstreamPackage):
         if request.method == "HEAD":
-            return _upstream_head(found)
+            head = _upstream_head(found)
+            head.headers.update(warned)
+            return head
         # Mirroring (condagate mirror) finishes a download whose client leaves; for anyone else a
         # download nobody waits for stops. Only callers who may add to the feed can ask for that.
         mirroring = bool(request.query_params.get("mirror"))
@@ -165,10 +184,11 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
                 found_or_stream.body(),
                 f"{feed}/{subdir}/{filename}",
                 found_or_stream.size,
-                {"cache-control": IMMUTABLE_CACHE_CONTROL},
+                {"cache-control": IMMUTABLE_CACHE_CONTROL, **warned},
             )
         found = found_or_stream
     response = blob_response(request, found.path, found.sha256, found.replaceable)
+    response.headers.update(warned)
     if (
         request.method == "GET"
         and response.status_code == 200

@@ -33,6 +33,7 @@ _UPLOAD_ROUTES = [
     ("POST", re.compile(r"/api/channels/[^/]+/upload/[^/]+")),
     ("POST", re.compile(r"/api/v1/upload/[^/]+")),
     ("PUT", re.compile(r"(?:/t/[^/]+)?/conda/[^/]+/[^/]+/[^/]+")),
+    ("POST", re.compile(r"/api/advisories/import")),  # a zip of OSV documents
 ]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Writes that callers who may only view still make: logging in and out, their own API keys.

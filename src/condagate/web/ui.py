@@ -16,7 +16,7 @@ from condagate.errors import BadRequest, CondagateError
 from condagate.security.permissions import Permission, Scope
 from condagate.services import authentication, catalog, connectors, feeds, promotion_links, sessions
 from condagate.services.context import Services
-from condagate.web import ui_connectors, ui_promotion, ui_security
+from condagate.web import ui_connectors, ui_promotion, ui_sca, ui_security
 from condagate.web.auth import current_principal, requires
 from condagate.web.ui_common import daily_chart, render, services_of
 from condagate.web.upstream_wait import wait_for_feed
@@ -240,6 +240,7 @@ async def feed_page(request: Request, feed: str, q: str = "", page: int = 1) -> 
         downloads = catalog.downloads_of_packages(services, feed=feed, names=[item.name for item in listing.items])
         context: dict[str, Any] = {"feed": info, "listing": listing, "downloads": downloads, "stale": [], "top": None}
         context["promo"] = ui_promotion.feed_context(services, principal, feed)  # the approval flow's block
+        context["sca"] = ui_sca.feed_context(services, principal, feed)  # vulnerabilities and licenses
         if info.kind == "proxy":
             by_name = {c.name: c for c in connectors.list_connectors(services)}
             context["upstreams"] = [by_name[name] for name in info.connectors if name in by_name]
@@ -264,8 +265,9 @@ async def package_page(request: Request, feed: str, name: str) -> Response:
     await wait_for_feed(services, feed)
     detail = await run_in_threadpool(lambda: catalog.package_detail(services, feed=feed, name=name))
     promo = await run_in_threadpool(lambda: ui_promotion.package_context(services, principal, feed, name))
+    sca = await run_in_threadpool(lambda: ui_sca.package_context(services, detail))
     chart = daily_chart(detail.downloads_per_day, days=STATISTICS_DAYS, width=440, height=150)
-    return render(request, "package.html", {"detail": detail, "chart": chart, "promo": promo})
+    return render(request, "package.html", {"detail": detail, "chart": chart, "promo": promo, "sca": sca})
 
 
 @router.get("/login", dependencies=[Depends(requires(Permission.PUBLIC))])
