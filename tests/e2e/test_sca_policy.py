@@ -1,7 +1,8 @@
 """Vulnerability and license policies (SCA) enforced on every path that serves bytes, over HTTP.
 
 Real OSV advisories (tests/data/osv) are imported; feeds get a policy; py-rattler solves against what
-the feed serves. Assessments are made per feed only: the server is shared by the whole session.
+the feed serves. The tests share a server of their own: other tests import advisories for the same
+packages (with assessments of their own), which would otherwise decide what these tests see.
 PYSEC-2023-74 (requests >=2.3.0,<2.31.0) has no CVSS rating: its severity is unknown, which counts as
 reaching any threshold; PYSEC-2023-192 (urllib3 <1.26.17, >=2.0.0,<2.0.6) is rated high.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -26,7 +28,7 @@ import zstandard
 from conftest import upload
 from package_factory import PackageSpec
 from rattler_client import query, solve_and_install
-from servers import Server, condagate_command
+from servers import Server, condagate_command, postgres_database, start_server
 from upstream_channel import UpstreamChannel
 
 OSV = Path(__file__).parent.parent / "data" / "osv"
@@ -44,10 +46,25 @@ def _code(response: httpx.Response) -> str:
     return str(response.json()["code"])
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def sca_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    database_url = ""
+    if request.param == "postgresql":
+        database_url = postgres_database() or ""
+        if not database_url:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+            pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    instance = start_server(tmp_path_factory.mktemp(f"sca-{request.param}") / "data", database_url)
+    yield instance
+    instance.stop()
+
+
 @pytest.fixture(scope="module")
-def advisories_imported(server: Server) -> Server:
+def advisories_imported(sca_server: Server) -> Server:
     """The requests and urllib3 advisories, imported once per server (an import of the same document
     again changes nothing)."""
+    server = sca_server
     with server.admin() as admin:
         for path in (OSV / "requests" / f"{REQUESTS_ADVISORY}.json", OSV / "urllib3" / f"{URLLIB3_ADVISORY}.json"):
             response = admin.post(
