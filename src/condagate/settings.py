@@ -52,6 +52,11 @@ class Settings:
     max_connections: int = 10000  # concurrent requests per worker (bounded by the open-file limit)
     header_timeout_seconds: float = 5.0  # a request's line and headers must arrive within this time
     access_log_days: int = 90
+    # The channel fast lane (web.fast_lane): "off" sends every channel request through the routes.
+    fast_lane: str = "on"
+    # Behind nginx: package downloads answer X-Accel-Redirect: ACCEL_REDIRECT/<blob path> (README).
+    accel_redirect: str = ""
+    sendfile_header: str = ""  # e.g. X-Sendfile: the blob's absolute path, for other front servers
 
     @property
     def resolved_database_url(self) -> str:

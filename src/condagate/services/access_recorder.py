@@ -47,7 +47,7 @@ class AccessRecorder:
             if not batch and not last_used:
                 return 0
             try:
-                with self._db.write() as session:
+                with self._db.write(quiet=True) as session:
                     security_store.add_access_entries(session=session, entries=batch)
                     if last_used:
                         security_store.touch_keys(session=session, last_used=last_used)

@@ -93,6 +93,7 @@ def feed_subdir(services: Services, feed_name: str, subdir: str, wait: bool = Tr
     """Never waits on an upstream: what is there now, plus the fetches a request may wait for
     (asynchronously, see ``web.channel``) before asking again with ``refresh=False``."""
     require_known_subdir(subdir)
+    mark = services.changes.value()  # before the read: a commit after it moves the signal
     with services.db.read() as session:  # one session for the feed and the subdir's revision
         feed = _feed_ref(session, feed_name)
         version = package_store.subdir_version(session=session, feed_id=feed.id, subdir=subdir)
@@ -108,6 +109,8 @@ def feed_subdir(services: Services, feed_name: str, subdir: str, wait: bool = Tr
     located = FeedSubdir(feed, snapshot, pending)
     if not pending:
         services.lookups.remember_subdir(feed_name, subdir, located)
+        if wait:  # (without waiting, an older snapshot may be handed back as it is)
+            services.lookups.remember_ready(feed_name, subdir, located, mark)
     return located
 
 

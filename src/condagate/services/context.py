@@ -19,6 +19,7 @@ from condagate.services.repodata_cache import RepodataCache
 from condagate.settings import Settings
 from condagate.store import connectors as connector_store
 from condagate.store.blobs import LocalBlobStore, open_blob_store
+from condagate.store.change_signal import ChangeSignal
 from condagate.store.db import Database, migrate
 from condagate.upstream.repodata_cache import UpstreamRepodataCache
 
@@ -34,6 +35,7 @@ class Services:
     http: httpx.Client
     http_async: httpx.AsyncClient
     lookups: RecentLookups
+    changes: ChangeSignal  # bumped after every commit that changes what a channel serves
     access: AccessControl
     access_log: AccessRecorder
     failed_logins: FailureLimiter  # per client address: wrong keys and passwords
@@ -46,6 +48,8 @@ class Services:
         settings.data_dir.chmod(0o700)  # it holds the database and the key of upstream credentials
         db = Database(settings.resolved_database_url)
         migrate(db.engine)
+        changes = ChangeSignal(settings.data_dir / "run" / "changes")
+        db.on_commit = changes.bump
         _owner_only(settings.resolved_database_url)
         secretbox.install(SecretBox.from_settings(settings.secret_key, settings.data_dir / "secret.key"))
         access = AccessControl(db, settings.security_refresh_seconds)
@@ -56,7 +60,7 @@ class Services:
         http_async = httpx.AsyncClient(follow_redirects=True, transport=async_transport, headers=user_agent)
 
         def record_health(**fields: Any) -> None:
-            with db.write() as session:
+            with db.write(quiet=True) as session:
                 connector_store.record_health(session=session, **fields)
 
         def record_listing(connector_id: int, subdir: str, listed: set[str]) -> None:
@@ -85,6 +89,7 @@ class Services:
             http=http,
             http_async=http_async,
             lookups=RecentLookups(),
+            changes=changes,
             access=access,
             access_log=AccessRecorder(db, settings.access_log_days),
             failed_logins=FailureLimiter(settings.failed_auth_limit, 60.0),
@@ -105,6 +110,7 @@ class Services:
         self.flush()
         self.http.close()
         self.db.dispose()
+        self.changes.close()
 
 
 def _owner_only(database_url: str) -> None:

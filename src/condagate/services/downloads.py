@@ -41,7 +41,7 @@ class DownloadCounter:
                 telemetry.download_counts_flushed(0)
                 return 0
             try:
-                with self._db.write() as session:
+                with self._db.write(quiet=True) as session:
                     add_downloads(session=session, counts=batch)
                     add_principal_downloads(session=session, counts=who)
             except Exception:

@@ -4,6 +4,11 @@ the database the same question thousands of times a second.
 A feed subdir checked against the database less than ``FRESH_SECONDS`` ago is reused as it was:
 a forced re-upload or a deleted feed in another worker process is seen by downloads here within
 that time. Repodata requests always check (an upload must be visible at once).
+
+Ready subdirs (``ready_subdir``) are what ``web.fast_lane`` serves from: a feed subdir as the
+channel routes last resolved it, with the host's change signal as it was *before* that resolution
+read the database. While the signal has not moved, nothing was committed since on this host, so the
+entry is current; ``max_age`` bounds the trust where other hosts write too (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,6 +24,23 @@ class RecentLookups:
         self._subdirs: dict[tuple[str, str], tuple[Any, float]] = {}
         self._files: dict[tuple[str, str, str], tuple[Any, float]] = {}
         self._cached_files: dict[tuple[int, str, str], str] = {}
+        # (feed name as asked, subdir) -> (resolved subdir, change signal before the read, when, files)
+        self._ready: dict[tuple[str, str], tuple[Any, int, float, dict[str, Any]]] = {}
+
+    def remember_ready(self, feed_name: str, subdir: str, located: Any, mark: int) -> None:
+        if len(self._ready) > 10_000:  # a bound, not a policy: entries are replaced on every change
+            self._ready.clear()
+        self._ready[(feed_name, subdir)] = (located, mark, time.monotonic(), {})
+
+    def ready_subdir(self, feed_name: str, subdir: str, mark: int, max_age: float | None) -> Any | None:
+        """The entry for ``(feed_name, subdir)`` while the change signal still reads ``mark`` (and, with
+        ``max_age``, while it is younger than that): (located, per-entry memo of files) or None."""
+        found = self._ready.get((feed_name, subdir))
+        if found is None or found[1] != mark:
+            return None
+        if max_age is not None and time.monotonic() - found[2] > max_age:
+            return None
+        return found[0], found[3]
 
     def remember_subdir(self, feed_name: str, subdir: str, located: Any) -> None:
         self._subdirs[(feed_name, subdir)] = (located, time.monotonic())
@@ -41,6 +63,8 @@ class RecentLookups:
         return found[0]
 
     def forget_feed(self, feed_name: str) -> None:
+        for ready_key in [key for key in self._ready if key[0] == feed_name]:
+            self._ready.pop(ready_key, None)
         for key in [key for key in self._subdirs if key[0] == feed_name]:
             self._subdirs.pop(key, None)
         for file_key in [key for key in self._files if key[0] == feed_name]:

@@ -106,6 +106,17 @@ class SubdirSnapshot:
     def is_local(self, filename: str) -> bool:
         return filename in self.local_records
 
+    def built_bz2(self) -> Encoded | None:
+        """bz2 if it is built already (the fast lane never builds anything)."""
+        return self._bz2
+
+    def built_shard_index(self) -> Encoded | None:
+        return self._shard_index
+
+    def built_shard(self, digest_hex: str) -> bytes | None:
+        found = self._shards_by_digest
+        return None if found is None else found.get(digest_hex)
+
     def shards(self) -> dict[str, ShardEntry]:
         with self._lock:
             if self._shards is None:

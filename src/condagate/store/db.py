@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Called after every commit of ``write()`` (the host's change signal, see store.change_signal).
+        self.on_commit: Callable[[], None] | None = None
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -71,13 +73,16 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A session whose transaction commits at the end, or rolls back on any error."""
+    def write(self, quiet: bool = False) -> Iterator[Session]:
+        """A session whose transaction commits at the end, or rolls back on any error. ``quiet``: a
+        write that changes nothing a channel serves (counters, logs, health), so no change signal."""
         with self._sessions() as session:
             session.connection(execution_options={"write": True})
             try:
                 yield session
                 session.commit()
+                if self.on_commit is not None and not quiet:
+                    self.on_commit()
             except IntegrityError as exc:
                 session.rollback()
                 # A concurrent change won (same name committed, parent row deleted): a conflict, not a crash.

@@ -38,6 +38,7 @@ from condagate.web import (
 from condagate.web.access_log import AccessLogMiddleware
 from condagate.web.auth import requires
 from condagate.web.errors import install_error_handlers
+from condagate.web.fast_lane import FastLane
 from condagate.web.guard import GuardMiddleware
 
 HERE = Path(__file__).parent
@@ -124,7 +125,9 @@ def create_app(settings: Settings) -> FastAPI:
         # No inline script (the Content-Security-Policy forbids it): the start-up code is a static file.
         return HTMLResponse((HERE / "static" / "api-docs.html").read_text())
 
-    # The last one added runs first: the access log wraps the guard and sees its refusals too.
+    # The last one added runs first: the access log wraps the guard and sees its refusals too; the
+    # channel's fast lane runs right after the guard, with its principal.
+    app.add_middleware(FastLane)
     app.add_middleware(GuardMiddleware)
     app.add_middleware(AccessLogMiddleware)
     return app

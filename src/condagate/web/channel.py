@@ -25,8 +25,8 @@ from condagate.web.responses import (
     REPODATA_CACHE_CONTROL,
     blob_response,
     encoded_response,
-    is_not_modified,
     relayed_download,
+    shard_response,
 )
 from condagate.web.uploads import artifactory_upload
 from condagate.web.upstream_wait import wait_for
@@ -128,14 +128,7 @@ async def shard(request: Request, feed: str, subdir: str, shard_name: str) -> Re
     body = await run_in_threadpool(services.repodata.shard, located.feed.id, served, subdir, digest_hex)
     if body is None or not shard_name.endswith(".msgpack.zst"):
         raise NotFound(f"no shard {shard_name!r} in {feed}/{subdir}")
-    etag = f'"{digest_hex}"'
-    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL}
-    if is_not_modified(request, etag, None):
-        return Response(status_code=304, headers=headers)
-    if request.method == "HEAD":
-        headers["content-length"] = str(len(body))
-        return Response(b"", media_type="application/zstd", headers=headers)
-    return Response(body, media_type="application/zstd", headers=headers)
+    return shard_response(request, digest_hex, body)
 
 
 @router.api_route("/conda/{feed}/{subdir}/{filename}", methods=GET_HEAD, dependencies=VIEW)
@@ -187,7 +180,7 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
                 {"cache-control": IMMUTABLE_CACHE_CONTROL, **warned},
             )
         found = found_or_stream
-    response = blob_response(request, found.path, found.sha256, found.replaceable)
+    response = blob_response(request, found.path, found.sha256, found.replaceable, blobs_root=services.blobs.root)
     response.headers.update(warned)
     if (
         request.method == "GET"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -64,15 +65,46 @@ def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_
 REVALIDATE_CACHE_CONTROL = "public, no-cache"
 
 
-def blob_response(request: Request, path: Path, sha256: str, replaceable: bool = False) -> Response:
-    """A package file: its sha256 is its ETag; Range and HEAD are handled by ``FileResponse``."""
+def shard_response(request: Request, digest_hex: str, body: bytes) -> Response:
+    """A CEP 16 shard: named by its digest, so immutable."""
+    etag = f'"{digest_hex}"'
+    headers = {"etag": etag, "cache-control": IMMUTABLE_CACHE_CONTROL}
+    if is_not_modified(request, etag, None):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["content-length"] = str(len(body))
+        return Response(b"", media_type="application/zstd", headers=headers)
+    return Response(body, media_type="application/zstd", headers=headers)
+
+
+def blob_response(
+    request: Request,
+    path: Path,
+    sha256: str,
+    replaceable: bool = False,
+    stat: os.stat_result | None = None,
+    blobs_root: Path | None = None,
+) -> Response:
+    """A package file: its sha256 is its ETag; Range and HEAD are handled by ``FileResponse``.
+
+    Behind nginx (``accel_redirect`` set, see the README), the answer names the blob instead of
+    sending it: ``X-Accel-Redirect`` (and/or the ``sendfile_header``) with its path under the blob
+    folder; the front server sends the bytes (Range included) from an internal location."""
     etag = f'"{sha256}"'
-    stat = path.stat()
+    stat = stat or path.stat()
     last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
     cache_control = REVALIDATE_CACHE_CONTROL if replaceable else IMMUTABLE_CACHE_CONTROL
     headers = {"etag": etag, "cache-control": cache_control, "last-modified": http_date(last_modified)}
     if is_not_modified(request, etag, last_modified):
         return Response(status_code=304, headers=headers)
+    settings = request.app.state.services.settings
+    if (settings.accel_redirect or settings.sendfile_header) and blobs_root is not None:
+        relative = path.relative_to(blobs_root).as_posix()
+        if settings.accel_redirect:
+            headers["x-accel-redirect"] = settings.accel_redirect.rstrip("/") + "/" + relative
+        if settings.sendfile_header:
+            headers[settings.sendfile_header.lower()] = str(path)
+        return Response(b"", media_type="application/octet-stream", headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
 
 
