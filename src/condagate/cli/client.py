@@ -27,6 +27,16 @@ class ApiClient:
             fail(f"cannot reach condagate at {self.url}: {exc}")
         return self.check(response)
 
+    def text(self, path: str, **kwargs: Any) -> str:
+        """A GET whose answer is text (CSV exports), with the same one-line failures as ``request``."""
+        try:
+            response = self.http.get(path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach condagate at {self.url}: {exc}")
+        if response.status_code >= 400:
+            self.check(response)
+        return response.text
+
     @staticmethod
     def check(response: httpx.Response) -> Any:
         if response.status_code >= 400:

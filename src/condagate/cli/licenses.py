@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -180,13 +179,7 @@ def compliance(
         params["subdir"] = subdir
     path = f"/api/feeds/{quote(feed, safe='')}/compliance"
     if csv_output:
-        try:
-            response = client.http.get(path, params=params)
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach condagate at {client.url}: {exc}")
-        if response.status_code >= 400:
-            client.check(response)
-        print(response.text, end="")
+        print(client.text(path, params=params), end="")
         return
     report = client.request("GET", path, params=params)
     if json_output:

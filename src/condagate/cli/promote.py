@@ -217,13 +217,7 @@ def promotions(
         params["limit"] = 100_000
     path = f"/api/feeds/{_segment(feed)}/promotions"
     if csv_output:
-        try:
-            response = client.http.get(path, params=params)
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach condagate at {client.url}: {exc}")
-        if response.status_code >= 400:
-            client.check(response)
-        print(response.text, end="")
+        print(client.text(path, params=params), end="")
         return
     page = client.request("GET", path, params=params)
     if json_output:
