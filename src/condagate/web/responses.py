@@ -103,7 +103,7 @@ def blob_response(
         if settings.accel_redirect:
             headers["x-accel-redirect"] = settings.accel_redirect.rstrip("/") + "/" + relative
         if settings.sendfile_header:
-            headers[settings.sendfile_header.lower()] = str(path)
+            headers[settings.sendfile_header.lower()] = str(path.absolute())  # a relative DATA_DIR too
         return Response(b"", media_type="application/octet-stream", headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
 
