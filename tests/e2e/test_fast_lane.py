@@ -110,3 +110,144 @@ def test_the_fast_lane_needs_no_database(tmp_path: Path, make_package: Any, monk
         assert package.name in client.get("/conda/lane/linux-64/repodata.json", headers=headers).text
         assert client.get(f"/conda/lane/linux-64/{package.name}", headers=headers).content == package.read_bytes()
         assert client.get("/conda/lane/linux-64/repodata.json?x=1", headers=headers).status_code == 500
+
+
+def test_head_answers_as_the_routes(server: Server, feed: str, make_package: Any) -> None:
+    package = make_package(subdir="linux-64")
+    assert upload(server, feed, package).status_code == 201
+    with server.admin() as admin:
+        paths = _resources(admin, feed, package)
+        for path in paths:
+            fast, routed = admin.head(path), admin.head(path + "?through=route")
+            assert fast.status_code == routed.status_code, path
+            assert fast.content == routed.content == b"", path
+            kept = [(k.lower(), v) for k, v in fast.headers.multi_items() if k.lower() not in _VARYING]
+            assert kept == [(k.lower(), v) for k, v in routed.headers.multi_items() if k.lower() not in _VARYING]
+
+
+_SETTINGS_VARIANTS = {
+    "pathsend": {},
+    "accel": {"accel_redirect": "/_condagate_blobs/"},
+    "sendfile": {"sendfile_header": "X-Sendfile"},
+}
+
+
+def _asgi(client: TestClient, method: str, path: str, headers: dict[str, str], pathsend: bool = True) -> list[Any]:
+    """What the app sends for one request, as a server offering (or not) the pathsend extension sees it."""
+    route, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": route,
+        "raw_path": route.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *((k.lower().encode(), v.encode()) for k, v in headers.items())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "extensions": {"http.response.pathsend": {}} if pathsend else {},
+    }
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append({**message, "headers": [h for h in message.get("headers", []) if h[0] != b"date"]})
+
+    assert client.portal is not None
+    client.portal.call(client.app, scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("variant", sorted(_SETTINGS_VARIANTS))
+def test_a_download_fills_the_lane_and_is_sent_as_the_route_sends_it(
+    variant: str, tmp_path: Path, make_package: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No repodata request in this process: the first download goes through the route (one database
+    read), the next ones through the lane without the database, message for message as the route
+    answers (GET with pathsend, HEAD, 304); a commit sends the next download back through the route."""
+    from condagate.services.bootstrap import ensure_admin_key
+    from condagate.settings import Settings
+    from condagate.web.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data", admin_api_key=ADMIN_KEY, **_SETTINGS_VARIANTS[variant])
+    app = create_app(settings)
+    package, other = make_package(subdir="linux-64"), make_package(subdir="linux-64")
+    headers = {"X-API-Key": ADMIN_KEY}
+    path = f"/conda/lane/linux-64/{package.name}"
+    with TestClient(app, raise_server_exceptions=False) as client:
+        services = app.state.services
+        ensure_admin_key(services)
+        services.access.reload()
+        assert client.post("/api/feeds", json={"name": "lane"}, headers=headers).status_code == 201
+        uploaded = client.post(f"/api/feeds/lane/upload/{package.name}", content=package.read_bytes(), headers=headers)
+        assert uploaded.status_code == 201
+        reads = 0
+        real_read = services.db.read
+
+        def counted_read(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return real_read(*args, **kwargs)
+
+        monkeypatch.setattr(services.db, "read", counted_read)
+        from condagate.services import channel
+
+        routed = 0
+        real_locate = channel.locate_package
+
+        def counted_locate(*args: Any, **kwargs: Any) -> Any:
+            nonlocal routed
+            routed += 1
+            return real_locate(*args, **kwargs)
+
+        monkeypatch.setattr(channel, "locate_package", counted_locate)
+        first = _asgi(client, "GET", path, headers)
+        assert reads > 0 and routed == 1  # the route, which records the file for the lane
+        etag = f'"{services.lookups.ready_file("lane", "linux-64", package.name, services.changes.value(), None)[1]}"'
+        counted = sum(services.downloads._pending.values())
+        reads = 0
+        answers = {}
+        for method, extra in (
+            ("GET", {}),
+            ("HEAD", {}),
+            ("GET", {"If-None-Match": etag}),
+            ("HEAD", {"If-None-Match": etag}),
+        ):
+            answers[(method, bool(extra))] = fast = _asgi(client, method, path, {**headers, **extra})
+            assert reads == 0 and routed == 1, (method, extra)  # the lane
+            assert fast == _asgi(client, method, path + "?through=route", {**headers, **extra}), (method, extra)
+            assert routed == 2
+            reads, routed = 0, 1
+        assert answers[("GET", False)] == first
+        start, end = answers[("GET", False)]
+        assert start["status"] == 200
+        if variant == "pathsend":
+            assert end == {
+                "type": "http.response.pathsend",
+                "path": str(services.blobs.local_path(etag.strip('"'))),
+                "headers": [],
+            }
+            assert (b"accept-ranges", b"bytes") in start["headers"]
+        else:
+            assert end["type"] == "http.response.body" and end["body"] == b""
+        assert answers[("GET", True)][0]["status"] == 304
+        # first + the lane's GET + the route's GET: HEAD and 304 are not downloads
+        assert sum(services.downloads._pending.values()) == counted + 2
+        # Without the pathsend extension the lane still answers (Starlette's FileResponse reads the file).
+        reads = routed = 0
+        plain = _asgi(client, "GET", path, headers, pathsend=False)
+        assert reads == routed == 0 and plain == _asgi(client, "GET", path + "?through=route", headers, pathsend=False)
+        # A commit moves the change signal: the next download asks the database again, once.
+        uploaded = client.post(f"/api/feeds/lane/upload/{other.name}", content=other.read_bytes(), headers=headers)
+        assert uploaded.status_code == 201
+        reads = routed = 0
+        assert _asgi(client, "GET", path, headers) == first
+        assert reads > 0 and routed == 1
+        reads = routed = 0
+        assert _asgi(client, "GET", path, headers) == first
+        assert reads == routed == 0

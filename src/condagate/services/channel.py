@@ -163,6 +163,7 @@ def _locate_package(services: Services, feed_name: str, subdir: str, filename: s
         except PackageNotFound:
             pass  # gone since: ask the database
     require_known_subdir(subdir)
+    mark = services.changes.value()  # before the read, as in feed_subdir
     with services.db.read() as session:
         feed = _feed_ref(session, feed_name)
         local = package_store.find_file(session=session, feed_id=feed.id, subdir=subdir, filename=filename)
@@ -176,6 +177,8 @@ def _locate_package(services: Services, feed_name: str, subdir: str, filename: s
         )
     if local_sha256 is not None:  # the feed's own file: its row is the truth, whatever is being rebuilt
         blob = _blob(services, feed.id, subdir, filename, local_sha256, feed_name)
+        # What the fast lane needs to serve the next downloads of this file without this read.
+        services.lookups.remember_ready_file(feed_name, subdir, filename, feed, local_sha256, mark)
         return replace(blob, policy=feed.policy, record=local_record)
     # An upstream file: a download need not wait for a rebuild of its subdir unless the file is new to it.
     located = feed_subdir(services, feed_name, subdir, wait=False)

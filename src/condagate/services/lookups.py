@@ -9,6 +9,10 @@ Ready subdirs (``ready_subdir``) are what ``web.fast_lane`` serves from: a feed 
 channel routes last resolved it, with the host's change signal as it was *before* that resolution
 read the database. While the signal has not moved, nothing was committed since on this host, so the
 entry is current; ``max_age`` bounds the trust where other hosts write too (PostgreSQL).
+Ready files (``ready_file``) are the same for one of a feed's own package files, as a download
+through the route last located it from the database: a process that serves downloads and no
+repodata (or whose subdir entry a write elsewhere made stale) reads the database once per file
+and change, not once per download.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class RecentLookups:
         self._cached_files: dict[tuple[int, str, str], str] = {}
         # (feed name as asked, subdir) -> (resolved subdir, change signal before the read, when, files)
         self._ready: dict[tuple[str, str], tuple[Any, int, float, dict[str, Any]]] = {}
+        # (feed name as asked, subdir, file name) -> (feed, sha256, change signal before the read, when)
+        self._ready_files: dict[tuple[str, str, str], tuple[Any, str, int, float]] = {}
 
     def remember_ready(self, feed_name: str, subdir: str, located: Any, mark: int) -> None:
         if len(self._ready) > 10_000:  # a bound, not a policy: entries are replaced on every change
@@ -41,6 +47,25 @@ class RecentLookups:
         if max_age is not None and time.monotonic() - found[2] > max_age:
             return None
         return found[0], found[3]
+
+    def remember_ready_file(
+        self, feed_name: str, subdir: str, filename: str, feed: Any, sha256: str, mark: int
+    ) -> None:
+        if len(self._ready_files) > 100_000:  # a bound, not a policy
+            self._ready_files.clear()
+        self._ready_files[(feed_name, subdir, filename)] = (feed, sha256, mark, time.monotonic())
+
+    def ready_file(
+        self, feed_name: str, subdir: str, filename: str, mark: int, max_age: float | None
+    ) -> tuple[Any, str] | None:
+        """(feed, sha256) of one of the feed's own files while the change signal still reads ``mark``
+        (and, with ``max_age``, while the entry is younger than that), or None."""
+        found = self._ready_files.get((feed_name, subdir, filename))
+        if found is None or found[2] != mark:
+            return None
+        if max_age is not None and time.monotonic() - found[3] > max_age:
+            return None
+        return found[0], found[1]
 
     def remember_subdir(self, feed_name: str, subdir: str, located: Any) -> None:
         self._subdirs[(feed_name, subdir)] = (located, time.monotonic())
@@ -65,6 +90,8 @@ class RecentLookups:
     def forget_feed(self, feed_name: str) -> None:
         for ready_key in [key for key in self._ready if key[0] == feed_name]:
             self._ready.pop(ready_key, None)
+        for ready_file_key in [key for key in self._ready_files if key[0] == feed_name]:
+            self._ready_files.pop(ready_file_key, None)
         for key in [key for key in self._subdirs if key[0] == feed_name]:
             self._subdirs.pop(key, None)
         for file_key in [key for key in self._files if key[0] == feed_name]:

@@ -25,7 +25,12 @@ from typing import Any, Protocol
 
 from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
 from condagate.conda.records import decode_record
-from condagate.conda.repodata import compress_bz2, compress_zstd, encode_repodata
+from condagate.conda.repodata import (
+    RepodataParts,
+    compress_bz2,
+    compress_repodata_zstd,
+    encode_repodata,
+)
 from condagate.conda.shards import encode_shard, encode_shard_index
 from condagate.store import connectors as connector_store
 from condagate.store import packages as package_store
@@ -53,6 +58,14 @@ def _etag(data: bytes, variant: str) -> str:
     return f'"{hashlib.sha256(data).hexdigest()[:40]}-{variant}"'
 
 
+def _json_and_zst(body: bytes, moment: datetime) -> tuple[Encoded, Encoded]:
+    """repodata.json and its .zst. Their ETag hashes the .zst: it is a function of the JSON alone
+    (the level depends on the size only) and about a fifth of its size, so hashing it is cheaper."""
+    zst = compress_repodata_zstd(body)
+    etag = _etag(zst, "json")
+    return Encoded(body, etag, moment), Encoded(zst, etag.replace("-json", "-zst"), moment)
+
+
 @dataclass
 class SubdirSnapshot:
     """One feed subdir: its records and their encodings; replaced as a whole, read without locks."""
@@ -73,6 +86,10 @@ class SubdirSnapshot:
     # Cached files the upstream no longer lists, kept in the feed: file name -> (connector id, since when)
     sticky: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
     _previous_shards: dict[str, ShardEntry] | None = None
+    _previous_by_digest: dict[str, bytes] | None = None  # ``_previous_shards``' bytes by hex digest
+    # Package names whose records changed since ``_previous_shards`` (None: unknown, compare them all).
+    _changed_names: frozenset[str] | None = None
+    _parts: RepodataParts | None = None  # the JSON's pieces, for the next incremental update
     _shards: dict[str, ShardEntry] | None = None
     _shard_index: Encoded | None = None
     _shards_by_digest: dict[str, bytes] | None = None
@@ -85,12 +102,15 @@ class SubdirSnapshot:
     def by_name(self) -> dict[str, list[str]]:
         """Package name -> its file names (for listings), built on first use."""
         with self._lock:
-            if self._by_name is None:
-                grouped: dict[str, list[str]] = {}
-                for filename, name in self.names.items():
-                    grouped.setdefault(name, []).append(filename)
-                self._by_name = grouped
-            return self._by_name
+            return self._grouped_by_name()
+
+    def _grouped_by_name(self) -> dict[str, list[str]]:  # with self._lock held
+        if self._by_name is None:
+            grouped: dict[str, list[str]] = {}
+            for filename, name in self.names.items():
+                grouped.setdefault(name, []).append(filename)
+            self._by_name = grouped
+        return self._by_name
 
     def bz2(self) -> Encoded:
         with self._bz2_lock:
@@ -120,8 +140,7 @@ class SubdirSnapshot:
     def shards(self) -> dict[str, ShardEntry]:
         with self._lock:
             if self._shards is None:
-                self._shards = self._build_shards()
-                self._shards_by_digest = {entry[1].hex(): entry[2] for entry in self._shards.values()}
+                self._shards, self._shards_by_digest = self._build_shards()
                 self._shard_index = None
             return self._shards
 
@@ -140,12 +159,30 @@ class SubdirSnapshot:
                 self._shard_index = Encoded(index, _etag(index, "shards"), self.built_at)
             return self._shard_index
 
-    def _build_shards(self) -> dict[str, ShardEntry]:
+    def _build_shards(self) -> tuple[dict[str, ShardEntry], dict[str, bytes]]:
+        """(shards by package name, shard bytes by hex digest); with self._lock held."""
         previous = self._previous_shards or {}
-        self._previous_shards = None
-        by_name: dict[str, list[str]] = {}
-        for filename, name in self.names.items():
-            by_name.setdefault(name, []).append(filename)
+        previous_by_digest = self._previous_by_digest
+        changed = self._changed_names
+        self._previous_shards = self._previous_by_digest = self._changed_names = None
+        by_name = self._grouped_by_name()
+        if previous and previous_by_digest is not None and changed is not None:
+            # Only these names' records changed: every other shard is the previous one.
+            updated, by_digest = dict(previous), dict(previous_by_digest)
+            for name in changed:
+                old = updated.pop(name, None)
+                if old is not None:
+                    by_digest.pop(old[1].hex(), None)
+                filenames = by_name.get(name)
+                if not filenames:
+                    continue
+                key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
+                if old is None or old[0] != key:
+                    digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                    old = (key, digest, body)
+                updated[name] = old
+                by_digest[old[1].hex()] = old[2]
+            return updated, by_digest
         shards: dict[str, ShardEntry] = {}
         for name, filenames in by_name.items():
             # The key holds references to the record bytes, not copies; equal keys mean an equal shard.
@@ -156,7 +193,24 @@ class SubdirSnapshot:
             else:
                 digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
                 shards[name] = (key, digest, body)
-        return shards
+        return shards, {entry[1].hex(): entry[2] for entry in shards.values()}
+
+
+def _regrouped(
+    by_name: dict[str, list[str]], names: dict[str, str], changes: list[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """``by_name`` with the (file name, package name) ``changes`` applied; lists it holds are not changed."""
+    grouped = dict(by_name)
+    for filename, name in changes:
+        old = names.get(filename)
+        if old == name:
+            continue
+        if old is not None:
+            grouped[old] = [fn for fn in grouped[old] if fn != filename]
+            if not grouped[old]:
+                del grouped[old]
+        grouped[name] = [*grouped.get(name, ()), filename]
+    return grouped
 
 
 class Served(Protocol):
@@ -193,19 +247,13 @@ class FilteredSubdir:
     @classmethod
     def build(cls, snapshot: SubdirSnapshot, hidden: frozenset[str], previous: Served | None) -> FilteredSubdir:
         body = encode_repodata(snapshot.subdir, snapshot.records, exclude=hidden)
-        etag = _etag(body, "json")
-        if isinstance(previous, FilteredSubdir) and previous.json.etag == etag:
+        if isinstance(previous, FilteredSubdir) and previous.json.body == body:
             return cls(snapshot, hidden, previous.json, previous.zst, _bz2=previous._bz2)
         # Last-Modified must move with the body: the filter may change while the snapshot does not.
         moment = max(snapshot.built_at, datetime.now(UTC).replace(microsecond=0))
         if previous is not None and moment <= previous.json.last_modified:
             moment = previous.json.last_modified + timedelta(seconds=1)
-        return cls(
-            snapshot,
-            hidden,
-            Encoded(body, etag, moment),
-            Encoded(compress_zstd(body), etag.replace("-json", "-zst"), moment),
-        )
+        return cls(snapshot, hidden, *_json_and_zst(body, moment))
 
     @property
     def subdir(self) -> str:
@@ -429,6 +477,7 @@ class RepodataCache:
             newest = max(newest, revision)
         upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
         sticky: dict[str, tuple[int, datetime | None]] = {}
+        only_added = False  # the records are ``current``'s plus ``rows``
         if (
             upstreams
             and incremental
@@ -439,6 +488,7 @@ class RepodataCache:
             # Only local records were added: lay them over the previous merge instead of redoing it.
             records, names = dict(current.records), dict(current.names)
             sticky = current.sticky
+            only_added = True
             for filename, name, _record, _revision in rows:
                 records[filename] = local_records[filename]
                 names[filename] = name
@@ -455,11 +505,39 @@ class RepodataCache:
             names.update(local_names)
         else:
             records, names = local_records, local_names
+            only_added = incremental and current is not None and not current.upstream_version
         previous_shards = None
+        previous_by_digest: dict[str, bytes] | None = None
+        changed_names: frozenset[str] | None = None
+        parts: RepodataParts | None = None
+        by_name: dict[str, list[str]] | None = None
         if current is not None:
-            previous_shards = current._shards if current._shards is not None else current._previous_shards
-            if current._shards is not None:
-                self._retire(feed_id, subdir, current._shards)
+            with current._lock:  # the shards may be being built: read their state as one
+                built_shards, pending, current_by_name = current._shards, current._changed_names, current._by_name
+                previous_shards = built_shards if built_shards is not None else current._previous_shards
+                previous_by_digest = (
+                    current._shards_by_digest if built_shards is not None else current._previous_by_digest
+                )
+            if only_added:
+                # The same records as ``current`` plus ``rows``: re-encode only what they touch.
+                touched = {name for _filename, name, _record, _revision in rows}
+                touched.update(current.names[fn] for fn, _n, _r, _v in rows if fn in current.names)
+                if built_shards is not None:
+                    changed_names = frozenset(touched)
+                elif pending is not None:
+                    changed_names = pending | touched
+                if current._parts is not None:
+                    parts = current._parts.copy()
+                    parts.put((filename, records[filename]) for filename, _n, _r, _v in rows)
+                if current_by_name is not None:
+                    by_name = _regrouped(current_by_name, current.names, [(fn, name) for fn, name, _r, _v in rows])
+                if previous_shards is not None:
+                    # The shards these names had stay fetchable: a client may hold the older index.
+                    self._retire(feed_id, subdir, {n: previous_shards[n] for n in touched if n in previous_shards})
+            elif built_shards is not None:
+                self._retire(feed_id, subdir, built_shards)
+        if parts is None:
+            parts = RepodataParts.from_records(records)
         built_at = (version.updated_at or datetime.now(UTC)).replace(microsecond=0)
         # SQLite hands back naive datetimes (written in UTC); PostgreSQL aware ones in its own zone.
         built_at = built_at.replace(tzinfo=UTC) if built_at.tzinfo is None else built_at.astimezone(UTC)
@@ -469,8 +547,7 @@ class RepodataCache:
             # Last-Modified has whole seconds: two changes in one second must still give a newer date,
             # or a client sending only If-Modified-Since would be told the old repodata is current.
             built_at = current.built_at + timedelta(seconds=1)
-        body = encode_repodata(subdir, records)
-        json_etag = _etag(body, "json")
+        json_encoded, zst_encoded = _json_and_zst(parts.encode(subdir), built_at)
         return SubdirSnapshot(
             subdir=subdir,
             version=SubdirVersion(newest, version.generation, version.updated_at),
@@ -480,11 +557,15 @@ class RepodataCache:
             records=records,
             names=names,
             built_at=built_at,
-            json=Encoded(body, json_etag, built_at),
-            zst=Encoded(compress_zstd(body), json_etag.replace("-json", "-zst"), built_at),
+            json=json_encoded,
+            zst=zst_encoded,
             sticky=sticky,
             keep_cached=keep_cached,
             _previous_shards=previous_shards,
+            _previous_by_digest=previous_by_digest if changed_names is not None else None,
+            _changed_names=changed_names,
+            _parts=parts,
+            _by_name=by_name,
         )
 
     def _sticky(

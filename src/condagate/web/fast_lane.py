@@ -1,20 +1,24 @@
-"""The channel's fast lane: the common channel GETs of a hosted feed answered right after the guard,
-without routing, dependency injection, thread-pool hops or a database round trip.
+"""The channel's fast lane: the common channel GETs and HEADs of a hosted feed answered right after the
+guard, without routing, dependency injection, thread-pool hops or a database round trip.
 
 It serves what the channel routes (``web.channel``) last resolved for a feed subdir
-(``services.lookups.ready_subdir``) while the host's change signal (``store.change_signal``) has not
-moved since; with PostgreSQL, where other hosts write too, at most ``POSTGRES_MAX_AGE`` seconds after
-that resolution. The decision is the route's own: ``authorize(principal, VIEW, FEED, feed)``, the
-same response builders (``web.responses``), the same download counting. Anything else falls through
-to the routes unchanged, which then refresh what this lane serves: HEAD and other methods, query
-strings (``mirror=1``), Range, ``/t/TOKEN/`` paths, feeds with connectors (proxy feeds: pending or
-stale upstreams) or an SCA policy (filtering, warnings, blocked downloads), a refused caller (401/404
-come from the route), and anything not built yet (bz2, shards) or not in the snapshot.
+(``services.lookups.ready_subdir``), or for one package file a download through the route last
+located (``services.lookups.ready_file``), while the host's change signal (``store.change_signal``)
+has not moved since; with PostgreSQL, where other hosts write too, at most ``POSTGRES_MAX_AGE``
+seconds after that resolution. The decision is the route's own: ``authorize(principal, VIEW, FEED,
+feed)``, the same answers header for header (``web.responses``: ``send_encoded``, ``send_shard``,
+``send_whole_blob``, sent as raw ASGI messages; a whole package file with the server's ``pathsend``
+extension, or Starlette's ``FileResponse`` on a server without it), the same download counting.
+Anything else falls through to the routes unchanged, which then refresh what this lane serves: other
+methods, query strings (``mirror=1``), Range, ``/t/TOKEN/`` paths, feeds with connectors (proxy feeds:
+pending or stale upstreams) or an SCA policy (filtering, warnings, blocked downloads), a refused caller
+(401/404 come from the route), and anything not built yet (bz2, shards) or not in the snapshot.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -25,7 +29,13 @@ from condagate.errors import CondagateError
 from condagate.security.permissions import Permission, Principal, authorize
 from condagate.security.permissions import Scope as PermissionScope
 from condagate.services.context import Services
-from condagate.web.responses import REPODATA_CACHE_CONTROL, blob_response, encoded_response, shard_response
+from condagate.web.responses import (
+    REPODATA_CACHE_CONTROL,
+    blob_response,
+    send_encoded,
+    send_shard,
+    send_whole_blob,
+)
 
 # With PostgreSQL other hosts may write: what this process resolved is trusted this long at most.
 POSTGRES_MAX_AGE = 0.1
@@ -41,6 +51,7 @@ _REPODATA = {
 _SHARD_INDEX = "repodata_shards.msgpack.zst"
 _SHARD_SUFFIX = ".msgpack.zst"
 _PACKAGE_SUFFIXES = (".conda", ".tar.bz2")
+_METHODS = frozenset({"GET", "HEAD"})
 
 
 class FastLane:
@@ -52,7 +63,7 @@ class FastLane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["method"] != "GET"
+            or scope["method"] not in _METHODS
             or scope["query_string"]
             or not scope["path"].startswith("/conda/")
         ):
@@ -84,17 +95,38 @@ class FastLane:
             authorize(principal, Permission.VIEW, PermissionScope.FEED, feed)  # as the route's Requires
         except CondagateError:
             return False  # the route answers the refusal (401, or 404 like a missing feed)
-        ready = services.lookups.ready_subdir(feed, subdir, services.changes.value(), self._max_age)
+        mark = services.changes.value()
+        ready = services.lookups.ready_subdir(feed, subdir, mark, self._max_age)
+        package = len(parts) == 5 and name.endswith(_PACKAGE_SUFFIXES)
         if ready is None:
-            return False
+            if not package:
+                return False
+            # Not resolved by a repodata request since the last change: a download through the route
+            # may have located this very file (services.channel._locate_package).
+            found = services.lookups.ready_file(feed, subdir, name, mark, self._max_age)
+            if found is None or not _plain(services, found[0], subdir):
+                return False
+            feed_ref, sha256 = found
+            path = services.blobs.local_path(sha256)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                return False  # the route says what is missing
+            return await _download(
+                services, scope, receive, send, feed_ref.id, subdir, name, principal, path, sha256, stat
+            )
         located, files = ready
-        policy = located.feed.policy
-        if located.feed.connectors or (policy is not None and (policy.active or policy.filters_repodata)):
-            return False
-        if services.repodata.was_filtered(located.feed.id, subdir):
+        if not _plain(services, located.feed, subdir):
             return False
         snapshot = located.snapshot
-        request = Request(scope, receive)
+        if package:
+            blob = _local_blob(services, snapshot, files, name)
+            if blob is None:
+                return False
+            path, sha256, stat = blob
+            return await _download(
+                services, scope, receive, send, located.feed.id, subdir, name, principal, path, sha256, stat
+            )
         if len(parts) == 6:
             if not name.endswith(_SHARD_SUFFIX):
                 return False
@@ -102,32 +134,54 @@ class FastLane:
             body = snapshot.built_shard(digest_hex)
             if body is None:
                 return False
-            response = shard_response(request, digest_hex, body)
+            await send_shard(scope, send, digest_hex, body)
         elif name == _SHARD_INDEX:
             index = snapshot.built_shard_index()
             if index is None:
                 return False
-            response = encoded_response(request, index, "application/zstd", REPODATA_CACHE_CONTROL)
+            await send_encoded(scope, send, index, "application/zstd", REPODATA_CACHE_CONTROL)
         elif name in _REPODATA:
             kind, media_type = _REPODATA[name]
             encoded = snapshot.json if kind == "json" else snapshot.zst if kind == "zst" else snapshot.built_bz2()
             if encoded is None:
                 return False
-            response = encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
-        elif name.endswith(_PACKAGE_SUFFIXES):
-            blob = _local_blob(services, snapshot, files, name)
-            if blob is None:
-                return False
-            path, sha256, stat = blob
-            response = blob_response(request, path, sha256, True, stat=stat, blobs_root=services.blobs.root)
-            if response.status_code == 200:
-                services.downloads.record(
-                    feed_id=located.feed.id, subdir=subdir, filename=name, principal=principal.name
-                )
+            await send_encoded(scope, send, encoded, media_type, REPODATA_CACHE_CONTROL)
         else:
             return False
-        await response(scope, receive, send)
         return True
+
+
+def _plain(services: Services, feed: Any, subdir: str) -> bool:
+    """A hosted feed whose answers depend on nothing but its snapshot: no connectors, no SCA policy."""
+    policy = feed.policy
+    if feed.connectors or (policy is not None and (policy.active or policy.filters_repodata)):
+        return False
+    return not services.repodata.was_filtered(feed.id, subdir)
+
+
+async def _download(
+    services: Services,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    feed_id: int,
+    subdir: str,
+    filename: str,
+    principal: Principal,
+    path: Path,
+    sha256: str,
+    stat: os.stat_result,
+) -> bool:
+    """One of the feed's own files, as the route answers it (a feed's own file is replaceable)."""
+    blobs_root = services.blobs.root
+    status = await send_whole_blob(scope, send, path, sha256, True, stat, services.settings, blobs_root)
+    if status is None:  # a server without pathsend: Starlette's FileResponse reads the file
+        response = blob_response(Request(scope, receive), path, sha256, True, stat=stat, blobs_root=blobs_root)
+        status = response.status_code
+        await response(scope, receive, send)
+    if status == 200 and scope["method"] == "GET":
+        services.downloads.record(feed_id=feed_id, subdir=subdir, filename=filename, principal=principal.name)
+    return True
 
 
 def _local_blob(services: Services, snapshot: Any, files: dict[str, Any], filename: str) -> Any | None:

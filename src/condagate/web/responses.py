@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 from fastapi import Request, Response
 from starlette.responses import FileResponse, StreamingResponse
+from starlette.types import Scope, Send
 
 from condagate.errors import CondagateError
 from condagate.services.repodata_cache import Encoded
+from condagate.settings import Settings
 
 log = logging.getLogger(__name__)
+_RawHeaders = list[tuple[bytes, bytes]]
 
 REPODATA_CACHE_CONTROL = "public, max-age=30"
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -33,10 +37,16 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 def is_not_modified(request: Request, etag: str, last_modified: datetime | None) -> bool:
-    if_none_match = request.headers.get("if-none-match")
+    headers = request.headers
+    return not_modified(headers.get("if-none-match"), headers.get("if-modified-since"), etag, last_modified)
+
+
+def not_modified(
+    if_none_match: str | None, if_modified_since: str | None, etag: str, last_modified: datetime | None
+) -> bool:
+    """Whether a GET or HEAD with these conditional headers gets a 304 (If-None-Match wins)."""
     if if_none_match is not None:
         return _etag_matches(if_none_match, etag)
-    if_modified_since = request.headers.get("if-modified-since")
     if if_modified_since and last_modified is not None:
         try:
             since = parsedate_to_datetime(if_modified_since)
@@ -60,6 +70,63 @@ def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_
     return Response(content=encoded.body, media_type=media_type, headers=headers)
 
 
+def _conditions(scope: Scope) -> tuple[str | None, str | None]:
+    """(If-None-Match, If-Modified-Since) of a request, the first of each (as Starlette's Headers.get)."""
+    if_none_match = if_modified_since = None
+    for name, value in scope["headers"]:
+        if name == b"if-none-match":
+            if if_none_match is None:
+                if_none_match = value.decode("latin-1")
+        elif name == b"if-modified-since" and if_modified_since is None:
+            if_modified_since = value.decode("latin-1")
+    return if_none_match, if_modified_since
+
+
+# Encoded bytes -> their answers' header lists (304; GET and HEAD) per (media type, cache control),
+# for send_encoded: an Encoded is immutable, and its entry goes with it (weak keys).
+_ENCODED_HEADERS: WeakKeyDictionary[Encoded, dict[tuple[str, str], tuple[_RawHeaders, _RawHeaders]]] = (
+    WeakKeyDictionary()
+)
+
+
+async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: str, cache_control: str) -> None:
+    """``encoded_response``'s answer (GET, HEAD, 304), header for header, sent without a Response."""
+    by_kind = _ENCODED_HEADERS.get(encoded)
+    if by_kind is None:
+        by_kind = _ENCODED_HEADERS[encoded] = {}
+    found = by_kind.get((media_type, cache_control))
+    if found is None:
+        common = [
+            (b"etag", encoded.etag.encode("latin-1")),
+            (b"last-modified", http_date(encoded.last_modified).encode("latin-1")),
+            (b"cache-control", cache_control.encode("latin-1")),
+        ]
+        full = [*common, (b"content-length", str(len(encoded.body)).encode()), (b"content-type", media_type.encode())]
+        found = by_kind[(media_type, cache_control)] = (common, full)
+    if not_modified(*_conditions(scope), encoded.etag, encoded.last_modified):
+        await send({"type": "http.response.start", "status": 304, "headers": list(found[0])})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": list(found[1])})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else encoded.body})
+
+
+_IMMUTABLE = (b"cache-control", IMMUTABLE_CACHE_CONTROL.encode())
+
+
+async def send_shard(scope: Scope, send: Send, digest_hex: str, body: bytes) -> None:
+    """``shard_response``'s answer (GET, HEAD, 304), header for header, sent without a Response."""
+    etag = f'"{digest_hex}"'
+    headers = [(b"etag", etag.encode("latin-1")), _IMMUTABLE]
+    if not_modified(*_conditions(scope), etag, None):
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/zstd")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
 # A feed's own file can be replaced (upload --force): caches may keep it but must ask again (a cheap
 # 304, the ETag is the sha256). Upstream files, fixed by their record's checksum, never change.
 REVALIDATE_CACHE_CONTROL = "public, no-cache"
@@ -77,6 +144,27 @@ def shard_response(request: Request, digest_hex: str, body: bytes) -> Response:
     return Response(body, media_type="application/zstd", headers=headers)
 
 
+def _blob_headers(sha256: str, replaceable: bool, stat: os.stat_result) -> tuple[str, datetime, dict[str, str]]:
+    etag = f'"{sha256}"'
+    last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+    cache_control = REVALIDATE_CACHE_CONTROL if replaceable else IMMUTABLE_CACHE_CONTROL
+    return (
+        etag,
+        last_modified,
+        {"etag": etag, "cache-control": cache_control, "last-modified": http_date(last_modified)},
+    )
+
+
+def _accel_headers(settings: Settings, path: Path, blobs_root: Path) -> dict[str, str]:
+    headers = {}
+    relative = path.relative_to(blobs_root).as_posix()
+    if settings.accel_redirect:
+        headers["x-accel-redirect"] = settings.accel_redirect.rstrip("/") + "/" + relative
+    if settings.sendfile_header:
+        headers[settings.sendfile_header.lower()] = str(path.absolute())  # a relative DATA_DIR too
+    return headers
+
+
 def blob_response(
     request: Request,
     path: Path,
@@ -89,23 +177,89 @@ def blob_response(
 
     Behind nginx (``accel_redirect`` set, see the README), the answer names the blob instead of
     sending it: ``X-Accel-Redirect`` (and/or the ``sendfile_header``) with its path under the blob
-    folder; the front server sends the bytes (Range included) from an internal location."""
-    etag = f'"{sha256}"'
+    folder; the front server sends the bytes (Range included) from an internal location.
+    ``send_whole_blob`` sends the same answers without a Response object (the fast lane)."""
     stat = stat or path.stat()
-    last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-    cache_control = REVALIDATE_CACHE_CONTROL if replaceable else IMMUTABLE_CACHE_CONTROL
-    headers = {"etag": etag, "cache-control": cache_control, "last-modified": http_date(last_modified)}
+    etag, last_modified, headers = _blob_headers(sha256, replaceable, stat)
     if is_not_modified(request, etag, last_modified):
         return Response(status_code=304, headers=headers)
     settings = request.app.state.services.settings
     if (settings.accel_redirect or settings.sendfile_header) and blobs_root is not None:
-        relative = path.relative_to(blobs_root).as_posix()
-        if settings.accel_redirect:
-            headers["x-accel-redirect"] = settings.accel_redirect.rstrip("/") + "/" + relative
-        if settings.sendfile_header:
-            headers[settings.sendfile_header.lower()] = str(path.absolute())  # a relative DATA_DIR too
+        headers.update(_accel_headers(settings, path, blobs_root))
         return Response(b"", media_type="application/octet-stream", headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
+
+
+_OCTET_STREAM = (b"content-type", b"application/octet-stream")
+_ACCEPT_RANGES = (b"accept-ranges", b"bytes")
+_PATHSEND = "http.response.pathsend"
+# A blob's answers' headers (304; 200) by what they are made of: a download only stats its file.
+_BLOB_HEADERS: dict[tuple[object, ...], tuple[Path, str, str, datetime, _RawHeaders, _RawHeaders]] = {}
+
+
+async def send_whole_blob(
+    scope: Scope,
+    send: Send,
+    path: Path,
+    sha256: str,
+    replaceable: bool,
+    stat: os.stat_result,
+    settings: Settings,
+    blobs_root: Path,
+) -> int | None:
+    """``blob_response``'s answer to a GET or HEAD without ``Range``, header for header, sent straight
+    to the server: a GET's bytes with the ``http.response.pathsend`` extension (the server sends the
+    file; no Response object, no file handle here). Returns the status sent, or None having sent
+    nothing where only ``FileResponse`` can answer (a GET on a server without ``pathsend``)."""
+    accel = bool(settings.accel_redirect or settings.sendfile_header)
+    key = (
+        sha256,
+        replaceable,
+        stat.st_mtime,
+        stat.st_size,
+        accel and (settings.accel_redirect, settings.sendfile_header),
+    )
+    found = _BLOB_HEADERS.get(key)
+    if found is None or found[0] != path:
+        etag, last_modified, headers = _blob_headers(sha256, replaceable, stat)
+        raw_304 = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if accel:
+            headers.update(_accel_headers(settings, path, blobs_root))
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            raw_200 = [*raw, (b"content-length", b"0"), _OCTET_STREAM]
+        else:
+            raw_200 = [*raw_304, _OCTET_STREAM, _ACCEPT_RANGES, (b"content-length", str(stat.st_size).encode())]
+        if len(_BLOB_HEADERS) > 10_000:  # a bound, not a policy
+            _BLOB_HEADERS.clear()
+        found = _BLOB_HEADERS[key] = (path, str(path), etag, last_modified, raw_304, raw_200)
+    _, path_text, etag, last_modified, raw_304, raw_200 = found
+    if not_modified(*_conditions(scope), etag, last_modified):
+        await send({"type": "http.response.start", "status": 304, "headers": list(raw_304)})
+        await send({"type": "http.response.body", "body": b""})
+        return 304
+    head = scope["method"] == "HEAD"
+    if accel:
+        await send({"type": "http.response.start", "status": 200, "headers": list(raw_200)})
+        await send({"type": "http.response.body", "body": b""})
+        return 200
+    if not head and _PATHSEND not in scope.get("extensions", {}):
+        return None
+    await send({"type": "http.response.start", "status": 200, "headers": list(raw_200)})
+    if head:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        await send({"type": _PATHSEND, "path": path_text})
+    return 200
+    if not head and _PATHSEND not in scope.get("extensions", {}):
+        return None
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw += [_OCTET_STREAM, _ACCEPT_RANGES, (b"content-length", str(stat.st_size).encode("latin-1"))]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    if head:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        await send({"type": _PATHSEND, "path": str(path)})
+    return 200
 
 
 class DownloadCutShort(Exception):
