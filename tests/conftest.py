@@ -26,17 +26,25 @@ def _postgres_cluster() -> Iterator[None]:
     stop_postgres()
 
 
+def backend_database_url(backend: str) -> str:
+    """ "" for SQLite (in the data dir), or a new database in the throwaway PostgreSQL cluster; without
+    PostgreSQL the test is skipped here and fails in CI (which installs it)."""
+    if backend == "sqlite":
+        return ""
+    url = postgres_database()
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    return url
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A condagate server on SQLite, and one on PostgreSQL: every end-to-end test runs on both."""
-    database_url = ""
-    if request.param == "postgresql":
-        database_url = postgres_database() or ""
-        if not database_url:
-            if os.environ.get("CI"):
-                pytest.fail("PostgreSQL is not installed: .ci/run installs it")
-            pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-    instance = start_server(tmp_path_factory.mktemp(f"server-{request.param}") / "data", database_url)
+    instance = start_server(
+        tmp_path_factory.mktemp(f"server-{request.param}") / "data", backend_database_url(request.param)
+    )
     yield instance
     instance.stop()
 

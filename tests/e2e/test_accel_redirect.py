@@ -25,8 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import backend_database_url
 from package_factory import PackageSpec, write_package
-from servers import Server, free_port, postgres_database, start_server
+from servers import Server, free_port, start_server
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -71,17 +72,6 @@ def _fill(template: str, replacements: dict[str, str]) -> str:
     return template
 
 
-def _backend_url(backend: str) -> str:
-    if backend == "sqlite":
-        return ""
-    url = postgres_database()
-    if url is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-    return url
-
-
 def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -104,7 +94,7 @@ def accel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         pytest.skip("nginx is not installed here (apt-get install nginx-light)")
     work = tmp_path_factory.mktemp(f"accel-{request.param}")
     server = start_server(
-        work / "data", _backend_url(request.param), extra_env={"CONDAGATE_ACCEL_REDIRECT": ACCEL_PREFIX}
+        work / "data", backend_database_url(request.param), extra_env={"CONDAGATE_ACCEL_REDIRECT": ACCEL_PREFIX}
     )
     nginx: subprocess.Popen[bytes] | None = None
     try:
@@ -308,7 +298,7 @@ def test_condagate_itself_answers_with_the_header_and_no_body(accel: Accel):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def sendfile_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     server = start_server(
-        tmp_path / "data", _backend_url(request.param), extra_env={"CONDAGATE_SENDFILE_HEADER": "X-Sendfile"}
+        tmp_path / "data", backend_database_url(request.param), extra_env={"CONDAGATE_SENDFILE_HEADER": "X-Sendfile"}
     )
     yield server
     server.stop()

@@ -22,7 +22,8 @@ from sqlalchemy import text
 from condagate.store.blobs import FAULT_AFTER_BLOB_STORED
 from condagate.store.db import make_engine
 
-from servers import Server, condagate_command, postgres_database, start_server
+from conftest import backend_database_url
+from servers import Server, condagate_command, start_server
 
 MakePackage = Callable[..., Path]
 
@@ -30,13 +31,8 @@ MakePackage = Callable[..., Path]
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest) -> Callable[[], str]:
     """A fresh database URL per call: "" (SQLite in the data dir) or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return lambda: ""
-    if postgres_database() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
-    return lambda: postgres_database() or ""
+    backend_database_url(request.param)  # skips (or fails in CI) without PostgreSQL
+    return lambda: backend_database_url(request.param)
 
 
 @pytest.fixture

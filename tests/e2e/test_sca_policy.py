@@ -12,7 +12,6 @@ from __future__ import annotations
 import bz2
 import contextlib
 import json
-import os
 import re
 import subprocess
 import time
@@ -25,10 +24,10 @@ import httpx
 import pytest
 import zstandard
 
-from conftest import upload
+from conftest import backend_database_url, upload
 from package_factory import PackageSpec
 from rattler_client import query, solve_and_install
-from servers import Server, condagate_command, postgres_database, start_server
+from servers import Server, condagate_command, start_server
 from upstream_channel import UpstreamChannel
 
 OSV = Path(__file__).parent.parent / "data" / "osv"
@@ -48,13 +47,7 @@ def _code(response: httpx.Response) -> str:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def sca_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    database_url = ""
-    if request.param == "postgresql":
-        database_url = postgres_database() or ""
-        if not database_url:
-            if os.environ.get("CI"):
-                pytest.fail("PostgreSQL is not installed: .ci/run installs it")
-            pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    database_url = backend_database_url(request.param)
     instance = start_server(tmp_path_factory.mktemp(f"sca-{request.param}") / "data", database_url)
     yield instance
     instance.stop()

@@ -22,9 +22,9 @@ import test_ui
 from playwright.sync_api import Browser, Locator, Page, expect
 from test_ui import Visit
 
-from conftest import BACKENDS, upload
+from conftest import BACKENDS, backend_database_url, upload
 from package_factory import PackageSpec, write_with_metadata
-from servers import Server, postgres_database, start_server
+from servers import Server, start_server
 
 browser = test_ui.browser
 visit = test_ui.visit
@@ -36,11 +36,7 @@ GROUP = "Lead Developers"
 @pytest.fixture(params=BACKENDS)
 def own_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own: these tests change system-wide grants, which the shared server must keep."""
-    database_url = ""
-    if request.param == "postgresql":
-        database_url = postgres_database() or ""
-        if not database_url:
-            pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    database_url = backend_database_url(request.param)
     instance = start_server(tmp_path_factory.mktemp(f"ui-security-{request.param}") / "data", database_url)
     yield instance
     instance.stop()
@@ -157,8 +153,12 @@ def test_admin_secures_feeds_and_hands_out_a_feed_key(own_server: Server, browse
             form.get_by_test_id("grant-permission-choice").select_option(label=label)
             form.get_by_test_id("grant-feed-choice").select_option(feed)
             page.get_by_test_id("add-grant").click()
-            expect(page.locator(f'[data-testid="grant"][data-principal="{principal}"][data-permission="{permission}"]'
-                                f'[data-feed="{feed}"]')).to_have_count(1)
+            expect(
+                page.locator(
+                    f'[data-testid="grant"][data-principal="{principal}"][data-permission="{permission}"]'
+                    f'[data-feed="{feed}"]'
+                )
+            ).to_have_count(1)
 
         # The mission's "remove the Anonymous entry": one click.
         page.get_by_test_id("remove-anonymous").click()
@@ -171,7 +171,9 @@ def test_admin_secures_feeds_and_hands_out_a_feed_key(own_server: Server, browse
         }
         promote = page.locator(f'[data-testid="grant"][data-principal="group:{GROUP}"][data-permission="promote"]')
         assert [cell.inner_text().strip() for cell in promote.locator("td").all()[:3]] == [
-            f"group {GROUP}", "Promote Packages", "unapproved-conda",
+            f"group {GROUP}",
+            "Promote Packages",
+            "unapproved-conda",
         ]
         page.screenshot(path="/tmp/ui-security.png", full_page=True)
 
@@ -213,8 +215,9 @@ def test_admin_secures_feeds_and_hands_out_a_feed_key(own_server: Server, browse
         expect(page).to_have_url(f"{server.url}/apikeys")
         assert key not in page.content()  # shown once: never again
         rows = page.get_by_test_id("key")
-        key_id = next(r.get_attribute("data-id") for r in rows.all() if r.get_by_test_id("key-hint").inner_text()
-                      == key[:7] + "…")
+        key_id = next(
+            r.get_attribute("data-id") for r in rows.all() if r.get_by_test_id("key-hint").inner_text() == key[:7] + "…"
+        )
         assert key_id is not None
         row = _key_row(page, key_id)
         expect(row.get_by_test_id("key-feeds")).to_have_text("public-conda")
@@ -269,7 +272,8 @@ def test_admin_secures_feeds_and_hands_out_a_feed_key(own_server: Server, browse
         expect(page.get_by_test_id("nav-apikeys")).to_have_count(0)
         expect(page.get_by_test_id("nav-account")).to_be_visible()
         assert [r.get_attribute("data-name") for r in page.get_by_test_id("feed").all()] == [
-            "approved-conda", "unapproved-conda",
+            "approved-conda",
+            "unapproved-conda",
         ]
         for path, status in [("/feeds/public-conda", 404), ("/security", 403), ("/apikeys", 403)]:
             answer = page.goto(path)
@@ -334,8 +338,16 @@ def test_every_form_carries_the_sessions_csrf_token(server: Server, visit: Visit
     page = visit.page
     visit.log_in(server.api_key)
     tokens: set[str | None] = set()
-    for path in ["/", "/feeds/new", "/connectors", "/connectors/conda-forge", "/security", "/apikeys", "/account",
-                 "/login"]:
+    for path in [
+        "/",
+        "/feeds/new",
+        "/connectors",
+        "/connectors/conda-forge",
+        "/security",
+        "/apikeys",
+        "/account",
+        "/login",
+    ]:
         page.goto(path)
         posting = page.locator('form[method="post"]')
         assert posting.count() > 0, path
@@ -364,9 +376,7 @@ def test_every_form_carries_the_sessions_csrf_token(server: Server, visit: Visit
         assert browser_like.get("/api/me").json()["authenticated"] is False
 
 
-def test_package_metadata_urls_link_only_when_http(
-    server: Server, visit: Visit, feed: str, tmp_path: Path
-) -> None:
+def test_package_metadata_urls_link_only_when_http(server: Server, visit: Visit, feed: str, tmp_path: Path) -> None:
     spec = PackageSpec("linky", summary="links in about.json")
     about = {
         "summary": "links in about.json",
