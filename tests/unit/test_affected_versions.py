@@ -14,11 +14,11 @@ from condagate.conda.affected_versions import (
     UNKNOWN,
     AffectedVersions,
     PackageAdvisories,
-    QueriedVersion,
     Verdict,
     check,
 )
 from condagate.conda.osv import Advisory, parse_advisory
+from condagate.conda.version_order import QueriedVersion
 
 DATA = Path(__file__).parent.parent / "data" / "osv"
 

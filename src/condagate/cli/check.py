@@ -15,7 +15,7 @@ from condagate.cli.options import JsonOption
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from condagate.services.consistency import Report
+    from condagate.services.consistency_report import Report
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -94,7 +94,7 @@ def check(
 def _print_report(report: Report) -> None:
     from rich.markup import escape
 
-    from condagate.services.consistency import kinds_of
+    from condagate.services.consistency_report import kinds_of
 
     out = Console(soft_wrap=True, highlight=False)
     for problem in report.problems:

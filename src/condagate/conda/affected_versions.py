@@ -16,27 +16,31 @@ py-rattler) and is "unknown", with a note, when they disagree.
 from __future__ import annotations
 
 import json
-import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from packaging.version import InvalidVersion
 from packaging.version import Version as Pep440Version
-from rattler import Version as CondaVersion
 
+from condagate.conda.osv_ranges import Walk, compile_walks, covered, in_range
 from condagate.conda.package_names import PYPI
+from condagate.conda.version_order import (
+    CANONICAL_PLAIN,
+    ORDERS,
+    PLAIN,
+    RELEASE_SPELLING,
+    Parse,
+    QueriedVersion,
+    SemVer,
+    leading_release,
+    parse_conda,
+    parse_pep440,
+    release_key,
+    try_parse,
+)
 
 AFFECTED, CLEAN, UNKNOWN = "affected", "clean", "unknown"
-_PLAIN = re.compile(r"\d+(?:\.\d+)*")
-_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
-# A plain release spelled the usual way (no leading zeros): found in a versions list by its string.
-_CANONICAL_PLAIN = re.compile(r"(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*))*")
-# How PEP 440 may spell a plain release (1.0 == v1.0 == 0!1.0), and where any version's release starts.
-_RELEASE_SPELLING = re.compile(r"\s*[vV]?(?:0+!)?\d+(?:\.\d+)*\s*")
-_LEADING_RELEASE = re.compile(r"\s*[vV]?(?:0+!)?(\d+(?:\.\d+)*)")
-_KIND_ORDER = {"introduced": 0, "fixed": 1, "last_affected": 1, "limit": 2}
 
 
 @dataclass(frozen=True)
@@ -49,132 +53,6 @@ class Verdict:
 _CLEAN = Verdict(CLEAN)
 
 
-# Orders -------------------------------------------------------------------------------------------
-
-
-def _pep440(text: str) -> Pep440Version:
-    return Pep440Version(text)
-
-
-def _conda(text: str) -> CondaVersion:
-    try:
-        return CondaVersion(text)
-    except Exception as exc:  # rattler raises its own exception types
-        raise ValueError(str(exc)) from None
-
-
-@dataclass(frozen=True, order=True)
-class SemVer:
-    """SemVer 2.0 precedence (build metadata ignored); plain releases "1" / "1.2" are padded."""
-
-    release: tuple[int, int, int]
-    final: bool
-    prerelease: tuple[tuple[int, int, str], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> SemVer:
-        candidate = text.removeprefix("v")
-        if _PLAIN.fullmatch(candidate) and candidate.count(".") < 2:
-            candidate += ".0" * (2 - candidate.count("."))
-        match = _SEMVER.fullmatch(candidate)
-        if match is None:
-            raise ValueError(f"{text!r} is not a semantic version")
-        major, minor, patch, pre = match.groups()
-        parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")) if pre else ()
-        return cls((int(major), int(minor), int(patch)), pre is None, parts)
-
-
-Parse = Callable[[str], Any]
-
-
-# The version asked about, parsed once for all the entries it is checked against ----------------------
-
-
-@dataclass
-class QueriedVersion:
-    text: str
-    plain: bool  # digits and dots only: PEP 440 and conda order it alike
-    pep440: Pep440Version | None  # None: not a PEP 440 version
-    release: tuple[int, ...] | None  # the leading release numbers, trailing zeros cut (1.0rc1 -> (1,))
-    _conda: Any = None
-    _semver: Any = None
-    _spellings: tuple[str, ...] | None = None
-
-    @property
-    def release_only(self) -> bool:
-        """A release and nothing else (no pre, post, dev or local part, epoch 0): 1.0, v1.0."""
-        if self.plain:
-            return True
-        v = self.pep440
-        return v is not None and not (v.pre or v.post is not None or v.dev is not None or v.local or v.epoch)
-
-    def spellings(self) -> tuple[str, ...]:
-        """The plain spellings of this release PEP 440 and conda hold equal: 2 == 2.0 == 2.0.0 == 2.0.0.0."""
-        if self._spellings is None:
-            parts = [str(p) for p in self.release or ()]
-            self._spellings = tuple(".".join(parts + ["0"] * extra) for extra in range(max(1, 5 - len(parts))))
-        return self._spellings
-
-    @classmethod
-    def of(cls, text: str) -> QueriedVersion:
-        try:
-            parsed: Pep440Version | None = Pep440Version(text)
-        except InvalidVersion:
-            parsed = None
-        return cls(text, bool(_PLAIN.fullmatch(text)), parsed, _leading_release(text))
-
-    def key(self, order: str) -> Any:
-        """This version in ``order`` (pep440, conda, semver), or None when it has no place there."""
-        if order == "pep440":
-            return self.pep440
-        if order == "conda":
-            if self._conda is None:
-                self._conda = _try(_conda, self.text) or False
-            return self._conda or None
-        if self._semver is None:
-            self._semver = _try(SemVer.parse, self.text) or False
-        return self._semver or None
-
-
-def _try(parse: Parse, text: str) -> Any:
-    try:
-        return parse(text)
-    except (ValueError, InvalidVersion):
-        return None
-
-
-def _release_key(text: str) -> str:
-    """A plain release spelling's key, equal for equal releases (2 == 2.0 == 2.0.0 == v2.0 == 02)."""
-    if _CANONICAL_PLAIN.fullmatch(text):
-        while text.endswith(".0"):
-            text = text[:-2]
-        return text
-    release = _leading_release(text)
-    return ".".join(map(str, release)) if release is not None else ""
-
-
-def _leading_release(text: str) -> tuple[int, ...] | None:
-    """The release numbers a version starts with, as both orders compare them (1.0.0 == 1.0 == 1):
-    two spellings of one version always share them."""
-    match = _LEADING_RELEASE.match(text)
-    if match is None:
-        return None
-    parts = [int(part) for part in match.group(1).split(".")]
-    while len(parts) > 1 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
-
-
-# Compiled entries ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Walk:
-    events: list[tuple[Any, str]]  # (bound, kind) in version order; bound None: introduced "0"
-    limits: list[Any]  # finite limits
-    unlimited: bool  # no limit event, or a "*" one
-
-
 @dataclass
 class AffectedVersions:
     """One ``affected`` entry, compiled lazily per order (PEP 440, conda, SemVer) on first use."""
@@ -182,7 +60,7 @@ class AffectedVersions:
     ecosystem: str
     ranges: Sequence[tuple[str, Sequence[tuple[str, str]]]]  # (type, [(kind, version), ...])
     versions: Sequence[str]
-    _walks: dict[tuple[str, str], list[_Walk | None]] = field(default_factory=dict, repr=False)
+    _walks: dict[tuple[str, str], list[Walk | None]] = field(default_factory=dict, repr=False)
     _plain: bool | None = field(default=None, repr=False)
     _listed_strings: frozenset[str] | None = field(default=None, repr=False)
     _odd: dict[tuple[int, ...] | None, list[str]] | None = field(default=None, repr=False)
@@ -202,7 +80,7 @@ class AffectedVersions:
     def plain(self) -> bool:
         """Every range bound is a plain release (digits and dots): both orders agree on them."""
         if self._plain is None:
-            self._plain = all(_PLAIN.fullmatch(v) or v == "*" for _, events in self.ranges for _, v in events)
+            self._plain = all(PLAIN.fullmatch(v) or v == "*" for _, events in self.ranges for _, v in events)
         return self._plain
 
     @property
@@ -227,74 +105,36 @@ class AffectedVersions:
         if self._odd is None:
             odd: dict[tuple[int, ...] | None, list[str]] = {}
             for text in self.versions:
-                if not _CANONICAL_PLAIN.fullmatch(text):
-                    odd.setdefault(_leading_release(text), []).append(text)
+                if not CANONICAL_PLAIN.fullmatch(text):
+                    odd.setdefault(leading_release(text), []).append(text)
             self._odd = odd
         group = self._odd.get(version.release, ())
         if version.release_only:
             strings = self.listed()
             if any(spelling in strings for spelling in version.spellings()):
                 return True
-            return any(_RELEASE_SPELLING.fullmatch(text) for text in group)
+            return any(RELEASE_SPELLING.fullmatch(text) for text in group)
         if not group:
             return False
         key = version.key(order)
-        parse = _ORDERS[order]
-        return key is not None and any(_try(parse, text) == key for text in group)
+        parse = ORDERS[order]
+        return key is not None and any(try_parse(parse, text) == key for text in group)
 
-    def walks(self, order: str, parse: Parse, range_type: str) -> list[_Walk | None]:
+    def walks(self, order: str, parse: Parse, range_type: str) -> list[Walk | None]:
         """The ranges of one type in ``order``; None for a range with a bound that order cannot place."""
         key = (order, range_type)
         found = self._walks.get(key)
         if found is None:
-            found = self._walks[key] = _compile(self, parse, range_type)
+            found = self._walks[key] = compile_walks(self.version_ranges, parse, range_type)
         return found
 
     def fixed_versions(self) -> tuple[list[Pep440Version], list[str]]:
         """The ``fixed`` events that are PEP 440 versions, lowest first: (versions, their spellings)."""
         if self._fixed is None:
             texts = dict.fromkeys(v for _, events in self.version_ranges for kind, v in events if kind == "fixed")
-            ordered = sorted((parsed, text) for text in texts if (parsed := _try(_pep440, text)) is not None)
+            ordered = sorted((parsed, text) for text in texts if (parsed := try_parse(parse_pep440, text)) is not None)
             self._fixed = ([parsed for parsed, _ in ordered], [text for _, text in ordered])
         return self._fixed
-
-
-def _compile(entry: AffectedVersions, parse: Parse, range_type: str) -> list[_Walk | None]:
-    walks: list[_Walk | None] = []
-    for kind, events in entry.version_ranges:
-        if kind != range_type:
-            continue
-        try:
-            keyed = [
-                (None if (k == "introduced" and v == "0") or (k == "limit" and "*" in v) else parse(v), k)
-                for k, v in events
-            ]
-        except (ValueError, InvalidVersion):
-            walks.append(None)
-            continue
-        ordered = sorted(
-            ((bound, k) for bound, k in keyed if k != "limit"),
-            key=lambda item: (item[0] is not None, item[0] if item[0] is not None else 0, _KIND_ORDER[item[1]]),
-        )
-        limits = [bound for bound, k in keyed if k == "limit"]
-        finite = [b for b in limits if b is not None]
-        walks.append(_Walk(ordered, finite, len(finite) < len(limits) or not limits))
-    return walks
-
-
-def _in_range(version: Any, walk: _Walk) -> bool:
-    if not walk.unlimited and not any(version < limit for limit in walk.limits):
-        return False
-    vulnerable = False
-    for bound, kind in walk.events:
-        if kind == "introduced" and (bound is None or version >= bound):
-            vulnerable = True
-        elif (kind == "fixed" and version >= bound) or (kind == "last_affected" and version > bound):
-            vulnerable = False
-    return vulnerable
-
-
-_ORDERS: dict[str, Parse] = {"pep440": _pep440, "conda": _conda}
 
 
 def _evaluate(entry: AffectedVersions, version: QueriedVersion, order: str) -> str:
@@ -302,11 +142,11 @@ def _evaluate(entry: AffectedVersions, version: QueriedVersion, order: str) -> s
     parsed = version.key(order)
     if parsed is None:
         return UNKNOWN
-    parse = _ORDERS[order]
+    parse = ORDERS[order]
     if entry.is_listed(version, order):
         return AFFECTED
     walks = entry.walks(order, parse, "ECOSYSTEM")
-    if any(walk is not None and _in_range(parsed, walk) for walk in walks):
+    if any(walk is not None and in_range(parsed, walk) for walk in walks):
         return AFFECTED
     undecided = any(walk is None for walk in walks)
     if entry.has_semver:
@@ -314,7 +154,7 @@ def _evaluate(entry: AffectedVersions, version: QueriedVersion, order: str) -> s
         if as_semver is None:
             return UNKNOWN
         semver = entry.walks("semver", SemVer.parse, "SEMVER")
-        if any(walk is not None and _in_range(as_semver, walk) for walk in semver):
+        if any(walk is not None and in_range(as_semver, walk) for walk in semver):
             return AFFECTED
         undecided = undecided or any(walk is None for walk in semver)
     return UNKNOWN if undecided else CLEAN
@@ -433,21 +273,21 @@ class PackageAdvisories:
         on_bound = where < len(bounds) and bounds[where] == key
         hits = self._regions[2 * where + 1 if on_bound else 2 * where]
         if version.release_only:
-            listed = self._listed.get(_release_key(version.text))
+            listed = self._listed.get(release_key(version.text))
         else:
             parsed = self._parsed.setdefault(order, {})
             listed = set()
             for text in self._odd.get(version.release, ()):
                 if text not in parsed:
-                    parsed[text] = _try(_ORDERS[order], text)
+                    parsed[text] = try_parse(ORDERS[order], text)
                 if parsed[text] == key:
                     listed |= self._exact[text]
         return hits | listed if listed else hits
 
     def _build(self) -> None:
-        walks: dict[int, list[_Walk]] = {}
+        walks: dict[int, list[Walk]] = {}
         for index, (_, entry) in enumerate(self.entries):
-            compiled = entry.walks("pep440", _pep440, "ECOSYSTEM") if entry.version_ranges else []
+            compiled = entry.walks("pep440", parse_pep440, "ECOSYSTEM") if entry.version_ranges else []
             fast = (
                 entry.ecosystem == PYPI
                 and entry.plain
@@ -461,16 +301,16 @@ class PackageAdvisories:
             self._fast.append(index)
             walks[index] = [walk for walk in compiled if walk is not None]
             for text in entry.versions:
-                if _CANONICAL_PLAIN.fullmatch(text):  # the usual spelling: no second look
+                if CANONICAL_PLAIN.fullmatch(text):  # the usual spelling: no second look
                     while text.endswith(".0"):
                         text = text[:-2]
                     self._listed.setdefault(text, set()).add(index)
                     continue
-                if _RELEASE_SPELLING.fullmatch(text):
-                    self._listed.setdefault(_release_key(text), set()).add(index)
+                if RELEASE_SPELLING.fullmatch(text):
+                    self._listed.setdefault(release_key(text), set()).add(index)
                 if text not in self._exact:
                     self._exact[text] = set()
-                    self._odd.setdefault(_leading_release(text), []).append(text)
+                    self._odd.setdefault(leading_release(text), []).append(text)
                 self._exact[text].add(index)
         # Plain bounds: one text per distinct release, in the same order for PEP 440 and conda.
         distinct: dict[Pep440Version, str] = {}
@@ -478,16 +318,16 @@ class PackageAdvisories:
             for _, events in self.entries[index][1].version_ranges:
                 for event_kind, text in events:
                     if not (event_kind == "introduced" and text == "0") and "*" not in text:
-                        distinct.setdefault(_pep440(text), text)
+                        distinct.setdefault(parse_pep440(text), text)
         ordered = sorted(distinct.items())
-        self._bounds = {"pep440": [key for key, _ in ordered], "conda": [_conda(text) for _, text in ordered]}
+        self._bounds = {"pep440": [key for key, _ in ordered], "conda": [parse_conda(text) for _, text in ordered]}
         position = {bound: i for i, bound in enumerate(self._bounds["pep440"])}
         regions = 2 * len(ordered) + 1
         starts: dict[int, list[int]] = {}
         ends: dict[int, list[int]] = {}
         for index, entry_walks in walks.items():
             for walk in entry_walks:
-                for first, last in _covered(walk, position, regions):
+                for first, last in covered(walk, position, regions):
                     starts.setdefault(first, []).append(index)
                     ends.setdefault(last, []).append(index)
         active: dict[int, int] = {}
@@ -508,48 +348,3 @@ class PackageAdvisories:
             if changed:
                 current = frozenset(active)
         self._built = True
-
-
-def _covered(walk: _Walk, position: dict[Any, int], regions: int) -> list[tuple[int, int]]:
-    """The runs of global regions (first, last) a range covers. Regions among the sorted bounds
-    b0 < b1 < ...: 2i is the open interval below bi (above b(i-1)), 2i + 1 the point bi. The
-    range's own bounds split the line more coarsely; its state is decided once per own region."""
-    own = sorted({bound for bound, _ in walk.events if bound is not None} | set(walk.limits))
-    at = [position[bound] for bound in own]
-    runs: list[tuple[int, int]] = []
-    for region in range(2 * len(own) + 1):
-        k, point = divmod(region, 2)
-        if point:
-            inside = _holds_at(walk, own[k], point=True) and (walk.unlimited or any(own[k] < x for x in walk.limits))
-            span = (2 * at[k] + 1, 2 * at[k] + 1)
-        else:
-            below = own[k - 1] if k > 0 else None
-            above = own[k] if k < len(own) else None
-            inside = _holds_at(walk, below, point=False) and (
-                walk.unlimited or (above is not None and any(above <= x for x in walk.limits))
-            )
-            span = (2 * at[k - 1] + 2 if k > 0 else 0, 2 * at[k] if k < len(own) else regions - 1)
-        if inside:
-            if runs and runs[-1][1] + 1 == span[0]:
-                runs[-1] = (runs[-1][0], span[1])
-            else:
-                runs.append(span)
-    return runs
-
-
-def _holds_at(walk: _Walk, bound: Any, *, point: bool) -> bool:
-    """The walk's state at the point ``bound`` (point=True), or just above it (the open interval
-    after it; ``bound`` None: below every bound)."""
-    vulnerable = False
-    for event_bound, kind in walk.events:
-        if event_bound is None:
-            holds = True
-        elif bound is None:
-            holds = False
-        elif point:
-            holds = event_bound < bound or (event_bound == bound and kind != "last_affected")
-        else:
-            holds = event_bound <= bound
-        if holds:
-            vulnerable = kind == "introduced"
-    return vulnerable

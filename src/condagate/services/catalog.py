@@ -16,7 +16,7 @@ from condagate.conda.versions import sort_versions_descending
 from condagate.errors import CondagateError, PackageNotFound
 from condagate.services.channel import FeedRef, resolve_feed
 from condagate.services.context import Services
-from condagate.services.repodata_cache import SubdirSnapshot
+from condagate.services.subdir_snapshot import SubdirSnapshot
 from condagate.store import connectors as connector_store
 from condagate.store import downloads as download_store
 from condagate.store import packages as package_store

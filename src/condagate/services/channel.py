@@ -1,7 +1,7 @@
 """Reading a feed as a conda channel: resolving feeds, snapshots and where a package file comes from.
 
 The feed's SCA settings (``services.policy.FeedPolicy``) travel with what is resolved here, read in the same session
-as the feed, so that ``services.sca`` can filter the served repodata and check downloads without
+as the feed, so that ``services.sca_filter`` can filter the served repodata and ``services.sca`` check downloads without
 asking the database again.
 """
 
@@ -18,7 +18,7 @@ from condagate.errors import PackageBroken, PackageNotFound, UpstreamTimeout, Up
 from condagate.services.connectors import config_of
 from condagate.services.context import Services
 from condagate.services.policy import FeedPolicy
-from condagate.services.repodata_cache import SubdirSnapshot
+from condagate.services.subdir_snapshot import SubdirSnapshot
 from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store

@@ -23,7 +23,7 @@ from rattler.exceptions import InvalidMatchSpecError, SolverError
 from condagate.conda.environment_files import EnvironmentRequest, read_environment_file
 from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import BadRequest, SubdirNotFound
-from condagate.services import channel, sca
+from condagate.services import channel, sca_filter
 from condagate.services.context import Services
 
 __all__ = [
@@ -168,7 +168,7 @@ def _feed_repodata(services: Services, feed_name: str, subdirs: list[str]) -> di
     for found in located.values():
         found.require_data()  # nothing at all, because an upstream failed: UpstreamUnavailable/Timeout
     # Less what the feed's SCA policy hides, as its channel serves it.
-    return {subdir: sca.served_subdir(services, found).json.body for subdir, found in located.items()}
+    return {subdir: sca_filter.served_subdir(services, found).json.body for subdir, found in located.items()}
 
 
 def _virtual(packages: Sequence[str]) -> list[rattler.GenericVirtualPackage]:

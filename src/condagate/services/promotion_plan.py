@@ -36,7 +36,7 @@ from condagate.services import channel, closure
 from condagate.services.catalog import DEFAULT_BROWSE_SUBDIRS
 from condagate.services.channel import FeedRef, PackageBlob, UpstreamPackage
 from condagate.services.context import Services
-from condagate.services.repodata_cache import SubdirSnapshot
+from condagate.services.subdir_snapshot import SubdirSnapshot
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 from condagate.store import promotions as promotion_store

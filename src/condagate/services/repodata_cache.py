@@ -3,35 +3,30 @@
 Every request asks the database for the subdir's local (revision, generation) — one primary-key
 read — and the feed's connectors. When the local revision moved, only rows with a newer revision are
 loaded; when an upstream's records changed, the merge is redone once. The subdir's JSON is assembled
-from cached record bytes (no record is re-parsed) and compressed once per change. Shards are built
-when first asked for, re-encoding only the package names whose records changed. bz2 is slow and
-rarely asked for: it is built on first request and kept until the next change.
-
-A feed whose SCA policy hides blocked records serves a ``FilteredSubdir`` instead: the snapshot less
-those records, encoded once per (snapshot, SCA revision, policy) and reusing the snapshot's shards of
-every package name it leaves alone. A feed without such a policy serves the snapshot itself: no
-per-record work at all.
+from cached record bytes (no record is re-parsed) and compressed once per change (``SubdirSnapshot``).
+A feed whose SCA policy hides blocked records serves a ``FilteredSubdir`` of the snapshot instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
 from condagate.conda.records import decode_record
-from condagate.conda.repodata import (
-    RepodataParts,
-    compress_bz2,
-    compress_repodata_zstd,
-    encode_repodata,
+from condagate.conda.repodata import RepodataParts
+from condagate.services.filtered_repodata import FilteredSubdir, PreviousFilter, Served
+from condagate.services.subdir_snapshot import (
+    Encoded,
+    ShardEntry,
+    SubdirSnapshot,
+    UpstreamVersion,
+    etag_of,
+    json_and_zst,
 )
-from condagate.conda.shards import encode_shard, encode_shard_index
 from condagate.store import connectors as connector_store
 from condagate.store import packages as package_store
 from condagate.store.db import Database
@@ -42,158 +37,6 @@ from condagate.upstream.repodata_cache import Pending, UpstreamRepodataCache, Up
 
 # Superseded shards stay fetchable for a while: a client may hold an older index.
 _RETIRED_SHARDS_KEPT = 4096
-
-ShardEntry = tuple[tuple[tuple[str, bytes], ...], bytes, bytes]  # (records key, digest, body)
-UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
-
-
-@dataclass(frozen=True)
-class Encoded:
-    body: bytes
-    etag: str
-    last_modified: datetime
-
-
-def _etag(data: bytes, variant: str) -> str:
-    return f'"{hashlib.sha256(data).hexdigest()[:40]}-{variant}"'
-
-
-def _json_and_zst(body: bytes, moment: datetime) -> tuple[Encoded, Encoded]:
-    """repodata.json and its .zst. Their ETag hashes the .zst: it is a function of the JSON alone
-    (the level depends on the size only) and about a fifth of its size, so hashing it is cheaper."""
-    zst = compress_repodata_zstd(body)
-    etag = _etag(zst, "json")
-    return Encoded(body, etag, moment), Encoded(zst, etag.replace("-json", "-zst"), moment)
-
-
-@dataclass
-class SubdirSnapshot:
-    """One feed subdir: its records and their encodings; replaced as a whole, read without locks."""
-
-    subdir: str
-    version: SubdirVersion
-    upstream_version: UpstreamVersion
-    local_records: dict[str, bytes]
-    local_names: dict[str, str]
-    records: dict[str, bytes]
-    names: dict[str, str]
-    built_at: datetime
-    json: Encoded
-    zst: Encoded
-    stale: list[tuple[int, str]] = field(default_factory=list)  # (connector id, last error)
-    keep_cached: bool = True  # the feed's upstream_removals when built: a change of it rebuilds
-    missing: list[int] = field(default_factory=list)  # connectors with no data at all (left out)
-    # Cached files the upstream no longer lists, kept in the feed: file name -> (connector id, since when)
-    sticky: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
-    _previous_shards: dict[str, ShardEntry] | None = None
-    _previous_by_digest: dict[str, bytes] | None = None  # ``_previous_shards``' bytes by hex digest
-    # Package names whose records changed since ``_previous_shards`` (None: unknown, compare them all).
-    _changed_names: frozenset[str] | None = None
-    _parts: RepodataParts | None = None  # the JSON's pieces, for the next incremental update
-    _shards: dict[str, ShardEntry] | None = None
-    _shard_index: Encoded | None = None
-    _shards_by_digest: dict[str, bytes] | None = None
-    _bz2: Encoded | None = None
-    _by_name: dict[str, list[str]] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    # bz2 of a big subdir takes many seconds: it must not hold up shard or listing requests.
-    _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def by_name(self) -> dict[str, list[str]]:
-        """Package name -> its file names (for listings), built on first use."""
-        with self._lock:
-            return self._grouped_by_name()
-
-    def _grouped_by_name(self) -> dict[str, list[str]]:  # with self._lock held
-        if self._by_name is None:
-            grouped: dict[str, list[str]] = {}
-            for filename, name in self.names.items():
-                grouped.setdefault(name, []).append(filename)
-            self._by_name = grouped
-        return self._by_name
-
-    def bz2(self) -> Encoded:
-        with self._bz2_lock:
-            if self._bz2 is None:
-                body = compress_bz2(self.json.body)
-                self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.built_at)
-            return self._bz2
-
-    def record(self, filename: str) -> dict[str, Any] | None:
-        raw = self.records.get(filename)
-        return None if raw is None else decode_record(raw)
-
-    def is_local(self, filename: str) -> bool:
-        return filename in self.local_records
-
-    def built_bz2(self) -> Encoded | None:
-        """bz2 if it is built already (the fast lane never builds anything)."""
-        return self._bz2
-
-    def built_shard_index(self) -> Encoded | None:
-        return self._shard_index
-
-    def built_shard(self, digest_hex: str) -> bytes | None:
-        found = self._shards_by_digest
-        return None if found is None else found.get(digest_hex)
-
-    def shards(self) -> dict[str, ShardEntry]:
-        with self._lock:
-            if self._shards is None:
-                self._shards, self._shards_by_digest = self._build_shards()
-                self._shard_index = None
-            return self._shards
-
-    def shard_by_digest(self, digest_hex: str) -> bytes | None:
-        self.shards()
-        assert self._shards_by_digest is not None
-        return self._shards_by_digest.get(digest_hex)
-
-    def shard_index(self) -> Encoded:
-        shards = self.shards()
-        with self._lock:
-            if self._shard_index is None:
-                index = encode_shard_index(
-                    self.subdir, {name: entry[1] for name, entry in shards.items()}, self.built_at
-                )
-                self._shard_index = Encoded(index, _etag(index, "shards"), self.built_at)
-            return self._shard_index
-
-    def _build_shards(self) -> tuple[dict[str, ShardEntry], dict[str, bytes]]:
-        """(shards by package name, shard bytes by hex digest); with self._lock held."""
-        previous = self._previous_shards or {}
-        previous_by_digest = self._previous_by_digest
-        changed = self._changed_names
-        self._previous_shards = self._previous_by_digest = self._changed_names = None
-        by_name = self._grouped_by_name()
-        if previous and previous_by_digest is not None and changed is not None:
-            # Only these names' records changed: every other shard is the previous one.
-            updated, by_digest = dict(previous), dict(previous_by_digest)
-            for name in changed:
-                old = updated.pop(name, None)
-                if old is not None:
-                    by_digest.pop(old[1].hex(), None)
-                filenames = by_name.get(name)
-                if not filenames:
-                    continue
-                key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
-                if old is None or old[0] != key:
-                    digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
-                    old = (key, digest, body)
-                updated[name] = old
-                by_digest[old[1].hex()] = old[2]
-            return updated, by_digest
-        shards: dict[str, ShardEntry] = {}
-        for name, filenames in by_name.items():
-            # The key holds references to the record bytes, not copies; equal keys mean an equal shard.
-            key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
-            old = previous.get(name)
-            if old is not None and old[0] == key:
-                shards[name] = old
-            else:
-                digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
-                shards[name] = (key, digest, body)
-        return shards, {entry[1].hex(): entry[2] for entry in shards.values()}
 
 
 def _regrouped(
@@ -211,104 +54,6 @@ def _regrouped(
                 del grouped[old]
         grouped[name] = [*grouped.get(name, ()), filename]
     return grouped
-
-
-class Served(Protocol):
-    """What the channel serves of one subdir: a ``SubdirSnapshot``, or a ``FilteredSubdir`` of it."""
-
-    @property
-    def json(self) -> Encoded: ...
-
-    @property
-    def zst(self) -> Encoded: ...
-
-    def bz2(self) -> Encoded: ...
-
-    def shard_index(self) -> Encoded: ...
-
-    def shard_by_digest(self, digest_hex: str) -> bytes | None: ...
-
-
-@dataclass
-class FilteredSubdir:
-    """A snapshot less ``hidden`` (records a feed's SCA policy blocks), encoded as the snapshot is."""
-
-    snapshot: SubdirSnapshot
-    hidden: frozenset[str]
-    json: Encoded
-    zst: Encoded
-    _shards: dict[str, ShardEntry] | None = None
-    _shard_index: Encoded | None = None
-    _shards_by_digest: dict[str, bytes] | None = None
-    _bz2: Encoded | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @classmethod
-    def build(cls, snapshot: SubdirSnapshot, hidden: frozenset[str], previous: Served | None) -> FilteredSubdir:
-        body = encode_repodata(snapshot.subdir, snapshot.records, exclude=hidden)
-        if isinstance(previous, FilteredSubdir) and previous.json.body == body:
-            return cls(snapshot, hidden, previous.json, previous.zst, _bz2=previous._bz2)
-        # Last-Modified must move with the body: the filter may change while the snapshot does not.
-        moment = max(snapshot.built_at, datetime.now(UTC).replace(microsecond=0))
-        if previous is not None and moment <= previous.json.last_modified:
-            moment = previous.json.last_modified + timedelta(seconds=1)
-        return cls(snapshot, hidden, *_json_and_zst(body, moment))
-
-    @property
-    def subdir(self) -> str:
-        return self.snapshot.subdir
-
-    def bz2(self) -> Encoded:
-        with self._bz2_lock:
-            if self._bz2 is None:
-                body = compress_bz2(self.json.body)
-                self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.json.last_modified)
-            return self._bz2
-
-    def shards(self) -> dict[str, ShardEntry]:
-        """The snapshot's shards, re-encoded only for the package names that lose records."""
-        base = self.snapshot.shards()
-        by_name = self.snapshot.by_name()
-        with self._lock:
-            if self._shards is None:
-                touched = {self.snapshot.names[fn] for fn in self.hidden if fn in self.snapshot.names}
-                shards = {name: entry for name, entry in base.items() if name not in touched}
-                for name in touched:
-                    kept = sorted(fn for fn in by_name.get(name, []) if fn not in self.hidden)
-                    if kept:
-                        key = tuple((fn, self.snapshot.records[fn]) for fn in kept)
-                        digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
-                        shards[name] = (key, digest, body)
-                self._shards = shards
-                self._shards_by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}
-            return self._shards
-
-    def shard_by_digest(self, digest_hex: str) -> bytes | None:
-        self.shards()
-        assert self._shards_by_digest is not None
-        return self._shards_by_digest.get(digest_hex)
-
-    def shard_index(self) -> Encoded:
-        shards = self.shards()
-        with self._lock:
-            if self._shard_index is None:
-                index = encode_shard_index(
-                    self.subdir, {name: entry[1] for name, entry in shards.items()}, self.json.last_modified
-                )
-                self._shard_index = Encoded(index, _etag(index, "shards"), self.json.last_modified)
-            return self._shard_index
-
-
-@dataclass(frozen=True)
-class PreviousFilter:
-    """A subdir's last filtered build: what the next build starts from."""
-
-    snapshot: SubdirSnapshot
-    stamp: Hashable
-    view: Served
-    hidden: frozenset[str]
-    memo: Any  # what the filter keeps between builds (services.sca)
 
 
 class RevisionMemo:
@@ -547,7 +292,7 @@ class RepodataCache:
             # Last-Modified has whole seconds: two changes in one second must still give a newer date,
             # or a client sending only If-Modified-Since would be told the old repodata is current.
             built_at = current.built_at + timedelta(seconds=1)
-        json_encoded, zst_encoded = _json_and_zst(parts.encode(subdir), built_at)
+        json_encoded, zst_encoded = json_and_zst(parts.encode(subdir), built_at)
         return SubdirSnapshot(
             subdir=subdir,
             version=SubdirVersion(newest, version.generation, version.updated_at),
@@ -664,7 +409,7 @@ class RepodataCache:
             for row in files
         ]
         body = encode_channeldata(summaries, {row.subdir for row in files})
-        encoded = Encoded(body, _etag(body, "channeldata"), datetime.now(UTC).replace(microsecond=0))
+        encoded = Encoded(body, etag_of(body, "channeldata"), datetime.now(UTC).replace(microsecond=0))
         self._channeldata[feed_id] = (state, encoded)
         return encoded
 

@@ -1,9 +1,9 @@
 """SCA verdicts: what a feed's vulnerability and license policies make of one package record.
 
 ``verdict`` answers allow, warn or block, with the reasons (advisories, license rule). The channel
-leaves blocked records out of the repodata it serves (``served_subdir``, ``served_channeldata``) and
-refuses their downloads (``check_download``: 403 naming the advisory); the publish path
-(``services.policy``) refuses them entering a feed (409).
+leaves blocked records out of the repodata it serves (``services.sca_filter``) and refuses their
+downloads (``check_download``: 403 naming the advisory); the publish path (``services.policy``)
+refuses them entering a feed (409).
 
 The rules:
 - Advisories count only under a vulnerability policy (warn or block), when their severity reaches the
@@ -19,15 +19,12 @@ The rules:
   the pages say "no advisory data", never "clean".
 
 Verdicts are memoised per SCA revision (``RepodataCache.verdicts``) by policy, name, version and
-license. The repodata filter (``served_subdir``) keeps what a build found for the next: an upload
-re-decides only the new records, an import or assessment only the package names it touched
-(``vulnerabilities.names_changed_since``) and the licenses (a few strings); measured on 500,000
-records and the 2,661 PyPA advisories: 4.4 s cold, 0.2 s after an upload, 1 s after an assessment.
+license.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,22 +33,15 @@ import msgspec
 from condagate.conda.records import decode_record
 from condagate.errors import PackageBlocked
 from condagate.services import licenses, vulnerabilities
-from condagate.services.channel import (
-    FeedSubdir,
-    PackageBlob,
-    UpstreamPackage,
-    resolve_feed,
-)
+from condagate.services.channel import PackageBlob, UpstreamPackage
 from condagate.services.context import Services
 from condagate.services.licenses import LicenseState
 from condagate.services.policy import ALLOWED, SEVERITY_LEVELS, FeedPolicy, Finding, PolicyDecision
-from condagate.services.repodata_cache import Encoded, PreviousFilter, Served, SubdirSnapshot
 from condagate.services.vulnerabilities import AdvisoryFinding, VulnerabilityState
 from condagate.store import feeds as feed_store
-from condagate.store.models import PackageFile
 
 ALLOW, WARN, BLOCK = "allow", "warn", "block"
-_RANK = {ALLOW: 0, WARN: 1, BLOCK: 2}
+RANK = {ALLOW: 0, WARN: 1, BLOCK: 2}  # how strict an action is: max(..., key=RANK.__getitem__) is the strictest
 ASSESSMENTS = ("ignore", "caution", "block")
 WARNING_HEADER = "X-Condagate-Warning"
 
@@ -252,18 +242,18 @@ def _judge(policy: FeedPolicy, finding: AdvisoryFinding, overrides: Overrides | 
     )
 
 
-def _license_action(policy: FeedPolicy, rule: str) -> str:
+def license_action(policy: FeedPolicy, rule: str) -> str:
     """What the feed's license policy makes of the rules' action."""
     if policy.license_policy == "off":
         return ALLOW
     if policy.license_policy == WARN:
         return WARN if rule in (WARN, BLOCK) else ALLOW
-    return rule if rule in _RANK else ALLOW
+    return rule if rule in RANK else ALLOW
 
 
 def _license_verdict(policy: FeedPolicy, state: LicenseState) -> LicenseVerdict:
     rule = str(state.action)
-    action = _license_action(policy, rule)
+    action = license_action(policy, rule)
     return LicenseVerdict(state.declared, state.spdx, bool(state.recognised), rule, action, str(state.reason or ""))
 
 
@@ -302,11 +292,11 @@ def judge(
         if check_license
         else None
     )
-    acting = sorted((d for d in details if d.action != ALLOW), key=lambda d: (-_RANK[d.action], d.advisory_id))
+    acting = sorted((d for d in details if d.action != ALLOW), key=lambda d: (-RANK[d.action], d.advisory_id))
     reasons = [d.describe() for d in acting]
-    action = max([ALLOW, *(d.action for d in acting)], key=_RANK.__getitem__)
+    action = max([ALLOW, *(d.action for d in acting)], key=RANK.__getitem__)
     if license_verdict is not None and license_verdict.action != ALLOW:
-        action = max(action, license_verdict.action, key=_RANK.__getitem__)
+        action = max(action, license_verdict.action, key=RANK.__getitem__)
         reasons.insert(0 if license_verdict.action == BLOCK else len(reasons), license_verdict.describe())
     result = ScaVerdict(
         action=action,
@@ -363,133 +353,18 @@ def identity(raw: bytes) -> tuple[str, str, str | None]:
     return str(found.name or ""), str(found.version or ""), declared
 
 
-@dataclass(frozen=True)
-class _FilterMemo:
-    """What a filtered build keeps for the next: the revision it answered for and the versions whose
-    vulnerability action was not "allow" (every other version it saw was allowed)."""
-
-    revision: int
-    vulnerable: dict[tuple[str, str], str]
-
-
-def blocked_files(
-    services: Services,
-    policy: FeedPolicy,
-    records: Mapping[str, bytes],
-    *,
-    overrides: Overrides | None = None,
-    rev: int | None = None,
-) -> frozenset[str]:
-    """The file names among ``records`` that ``policy`` (with proposed ``overrides``) blocks."""
-    if not policy.active:
-        return frozenset()
-    rev = revision(services) if rev is None else rev
-    return _blocked(services, policy, rev, records, overrides, None)[0]
-
-
-def _blocked(
-    services: Services,
-    policy: FeedPolicy,
-    rev: int,
-    records: Mapping[str, bytes],
-    overrides: Overrides | None,
-    previous: PreviousFilter | None,
-) -> tuple[frozenset[str], _FilterMemo]:
-    """Decide every record, redoing only what changed since ``previous`` (a build for the same
-    policy): records with other bytes, and after a revision change the package names whose advisory
-    answers moved (``vulnerabilities.names_changed_since``) and every license (cheap: few strings)."""
-    memo = previous.memo if previous is not None and isinstance(previous.memo, _FilterMemo) else None
-    before: Mapping[str, bytes] = previous.snapshot.records if previous is not None and memo is not None else {}
-    hidden_before = previous.hidden if previous is not None else frozenset()
-    same_revision = memo is not None and memo.revision == rev
-    check_vulnerabilities = policy.vulnerability_policy != "off"
-    check_licenses = policy.license_policy != "off"
-    changed_names: set[str] | None = set()  # None: every name may have moved
-    if previous is not None and memo is not None and not same_revision and check_vulnerabilities:
-        changed_names = vulnerabilities.names_changed_since(
-            services, revision=memo.revision, names=set(previous.snapshot.names.values())
-        )
-    vulnerable: dict[tuple[str, str], str] = dict(memo.vulnerable) if memo is not None and same_revision else {}
-    license_actions: dict[str | None, str] = {}
-    found: dict[tuple[str, str], str] = {}
-    blocked: list[str] = []
-    for filename, raw in records.items():
-        old = before.get(filename)
-        unchanged = old is not None and (old is raw or old == raw)
-        if unchanged and same_revision:
-            if filename in hidden_before:
-                blocked.append(filename)
-            continue
-        name, version, declared = identity(raw)
-        action = ALLOW
-        if check_vulnerabilities:
-            key = (name, version)
-            if unchanged and memo is not None and changed_names is not None and name not in changed_names:
-                action = memo.vulnerable.get(key, ALLOW)
-            else:
-                known = found.get(key)
-                if known is None:
-                    known = found[key] = _vulnerability_action(services, policy, name, version, overrides)
-                action = known
-            if action != ALLOW:
-                vulnerable[key] = action
-        if check_licenses and action != BLOCK:
-            license_action = license_actions.get(declared)
-            if license_action is None:
-                state = licenses.license_state(services, feed_id=policy.id, declared=declared, revision=rev)
-                license_action = license_actions[declared] = _license_action(policy, str(state.action))
-            action = max(action, license_action, key=_RANK.__getitem__)
-        if action == BLOCK:
-            blocked.append(filename)
-    return frozenset(blocked), _FilterMemo(rev, vulnerable)
-
-
-def _vulnerability_action(
+def vulnerability_action(
     services: Services, policy: FeedPolicy, name: str, version: str, overrides: Overrides | None
 ) -> str:
+    """What ``policy`` makes of one version's advisories alone (with proposed ``overrides``): the
+    strictest action of any of them."""
     state = vulnerabilities.vulnerability_state(services, feed_id=policy.id, name=name, version=version)
     action = ALLOW
     for finding in state.findings:
         found = _finding_action(policy, finding, overrides)[0]
-        if _RANK[found] > _RANK[action]:
+        if RANK[found] > RANK[action]:
             action = found
     return action
-
-
-def served_subdir(services: Services, located: FeedSubdir) -> Served:
-    """What the channel serves of a feed subdir: its snapshot, less the blocked records when the feed
-    hides them. Follows an import, an assessment or a policy change within about a second (the SCA
-    revision is part of the key), in every worker."""
-    policy = located.feed.sca
-    snapshot = located.snapshot
-    if not policy.filters_repodata:
-        if not services.repodata.was_filtered(policy.id, snapshot.subdir):
-            return snapshot  # the common case: no per-record work at all
-        return services.repodata.served(policy.id, snapshot, (None, policy), lambda _s, _p: (frozenset(), None))
-    rev = revision(services)
-
-    def hidden_of(current: SubdirSnapshot, previous: PreviousFilter | None) -> tuple[frozenset[str], Any]:
-        same_policy = previous is not None and isinstance(previous.stamp, tuple) and previous.stamp[1:] == (policy,)
-        return _blocked(services, policy, rev, current.records, None, previous if same_policy else None)
-
-    return services.repodata.served(policy.id, snapshot, (rev, policy), hidden_of)
-
-
-def served_channeldata(services: Services, feed_name: str) -> Encoded:
-    feed = resolve_feed(services, feed_name)
-    policy = feed.sca
-    if not policy.filters_repodata:
-        return services.repodata.channeldata(feed_id=feed.id)
-    rev = revision(services)
-
-    def keep(rows: Sequence[PackageFile]) -> list[PackageFile]:
-        return [
-            row
-            for row in rows
-            if judge(services, policy, row.name, row.version, identity(row.record.encode())[2], rev=rev).action != BLOCK
-        ]
-
-    return services.repodata.channeldata(feed_id=feed.id, stamp=(rev, policy), keep=keep)
 
 
 def check_download(services: Services, found: PackageBlob | UpstreamPackage) -> ScaVerdict | None:
@@ -561,7 +436,7 @@ def vulnerability_verdict(
     """What ``policy`` makes of a version's vulnerability state alone (the pages' vulnerability
     column): the action and each advisory's part in it."""
     details = tuple(_judge(policy, finding, overrides) for finding in state.findings)
-    action = max([ALLOW, *(d.action for d in details)], key=_RANK.__getitem__)
+    action = max([ALLOW, *(d.action for d in details)], key=RANK.__getitem__)
     return action, details
 
 

@@ -21,12 +21,12 @@ from typing import Any
 from condagate.conda.repodata import encode_repodata
 from condagate.conda.subdirs import require_known_subdir
 from condagate.errors import BadRequest, SubdirNotFound
-from condagate.services import closure, sca
+from condagate.services import closure, sca, sca_filter
 from condagate.services.channel import FeedSubdir, feed_subdir
 from condagate.services.context import Services
 from condagate.services.feeds import ScaSettings
 from condagate.services.policy import FeedPolicy
-from condagate.services.repodata_cache import SubdirSnapshot
+from condagate.services.subdir_snapshot import SubdirSnapshot
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 
@@ -126,8 +126,10 @@ def impact(
     after: dict[str, frozenset[str]] = {}
     for subdir, found in located.items():
         records = found.snapshot.records
-        before[subdir] = sca.blocked_files(services, current, records, rev=rev)
-        after[subdir] = sca.blocked_files(services, proposed, records, overrides=change.assessments or None, rev=rev)
+        before[subdir] = sca_filter.blocked_files(services, current, records, rev=rev)
+        after[subdir] = sca_filter.blocked_files(
+            services, proposed, records, overrides=change.assessments or None, rev=rev
+        )
     newly_blocked, newly_allowed, lost = _compare(services, proposed, change, located, before, after, rev)
     wanted = list(dict.fromkeys(specs or [])) or sorted(
         {f.name for f in newly_blocked} | {f.name for f in newly_allowed}

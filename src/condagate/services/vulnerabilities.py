@@ -25,7 +25,6 @@ from condagate.conda.affected_versions import (
     UNKNOWN,
     AffectedVersions,
     PackageAdvisories,
-    QueriedVersion,
     Verdict,
 )
 from condagate.conda.package_names import (
@@ -37,6 +36,7 @@ from condagate.conda.package_names import (
     grayskull_table,
     map_to_pypi,
 )
+from condagate.conda.version_order import QueriedVersion
 from condagate.services.context import Services
 from condagate.store import advisories as advisory_store
 from condagate.store import sca_state

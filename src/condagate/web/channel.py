@@ -1,9 +1,10 @@
 """The conda channel protocol: repodata variants, shards, channeldata and package files.
 
-A feed's SCA policy applies here (``services.sca``): its repodata, shards and channeldata leave out the
-records it blocks when the feed hides them, and every package download (GET and HEAD, hosted, cached
-or relayed from the upstream, mirroring included) of a blocked file answers 403 naming the advisory
-or license rule; a warned one is served with an ``X-Condagate-Warning`` header.
+A feed's SCA policy applies here (``services.sca_filter``, ``services.sca``): its repodata, shards and
+channeldata leave out the records it blocks when the feed hides them, and every package download
+(GET and HEAD, hosted, cached or relayed from the upstream, mirroring included) of a blocked file
+answers 403 naming the advisory or license rule; a warned one is served with an
+``X-Condagate-Warning`` header.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from condagate import telemetry
 from condagate.errors import NotFound, PackageNotFound
 from condagate.security.permissions import Permission, Principal
-from condagate.services import channel, sca
+from condagate.services import channel, sca, sca_filter
 from condagate.services.context import Services
+from condagate.services.filtered_repodata import Served
 from condagate.services.proxy_download import open_upstream
-from condagate.services.repodata_cache import Served
 from condagate.web.auth import requires
 from condagate.web.responses import (
     IMMUTABLE_CACHE_CONTROL,
@@ -68,7 +69,7 @@ async def _served(services: Services, located: channel.FeedSubdir) -> Served:
         located.feed.id, located.snapshot.subdir
     ):
         return located.snapshot
-    return await run_in_threadpool(sca.served_subdir, services, located)
+    return await run_in_threadpool(sca_filter.served_subdir, services, located)
 
 
 def _with_stale_notice(request: Request, response: Response, located: channel.FeedSubdir) -> Response:
@@ -98,7 +99,7 @@ async def channel_index(request: Request, feed: str) -> Response | dict[str, str
 
 @router.api_route("/conda/{feed}/channeldata.json", methods=GET_HEAD, dependencies=VIEW)
 async def channeldata(request: Request, feed: str) -> Response:
-    encoded = await run_in_threadpool(sca.served_channeldata, _services(request), feed)
+    encoded = await run_in_threadpool(sca_filter.served_channeldata, _services(request), feed)
     return encoded_response(request, encoded, "application/json", REPODATA_CACHE_CONTROL)
 
 

@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, StreamingResponse
 from starlette.types import Scope, Send
 
 from condagate.errors import CondagateError
-from condagate.services.repodata_cache import Encoded
+from condagate.services.subdir_snapshot import Encoded
 from condagate.settings import Settings
 
 log = logging.getLogger(__name__)

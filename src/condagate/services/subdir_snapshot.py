@@ -1,0 +1,169 @@
+"""One feed subdir's encoded repodata: its merged records, the JSON and .zst built with it, the
+shards built when first asked for (re-encoding only the package names whose records changed). bz2 is
+slow and rarely asked for: it is built on first request and kept until the next change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from condagate.conda.records import decode_record
+from condagate.conda.repodata import RepodataParts, compress_bz2, compress_repodata_zstd
+from condagate.conda.shards import encode_shard, encode_shard_index
+from condagate.store.packages import SubdirVersion
+
+ShardEntry = tuple[tuple[tuple[str, bytes], ...], bytes, bytes]  # (records key, digest, body)
+UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    etag: str
+    last_modified: datetime
+
+
+def etag_of(data: bytes, variant: str) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()[:40]}-{variant}"'
+
+
+def json_and_zst(body: bytes, moment: datetime) -> tuple[Encoded, Encoded]:
+    """repodata.json and its .zst. Their ETag hashes the .zst: it is a function of the JSON alone
+    (the level depends on the size only) and about a fifth of its size, so hashing it is cheaper."""
+    zst = compress_repodata_zstd(body)
+    etag = etag_of(zst, "json")
+    return Encoded(body, etag, moment), Encoded(zst, etag.replace("-json", "-zst"), moment)
+
+
+@dataclass
+class SubdirSnapshot:
+    """One feed subdir: its records and their encodings; replaced as a whole, read without locks."""
+
+    subdir: str
+    version: SubdirVersion
+    upstream_version: UpstreamVersion
+    local_records: dict[str, bytes]
+    local_names: dict[str, str]
+    records: dict[str, bytes]
+    names: dict[str, str]
+    built_at: datetime
+    json: Encoded
+    zst: Encoded
+    stale: list[tuple[int, str]] = field(default_factory=list)  # (connector id, last error)
+    keep_cached: bool = True  # the feed's upstream_removals when built: a change of it rebuilds
+    missing: list[int] = field(default_factory=list)  # connectors with no data at all (left out)
+    # Cached files the upstream no longer lists, kept in the feed: file name -> (connector id, since when)
+    sticky: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
+    _previous_shards: dict[str, ShardEntry] | None = None
+    _previous_by_digest: dict[str, bytes] | None = None  # ``_previous_shards``' bytes by hex digest
+    # Package names whose records changed since ``_previous_shards`` (None: unknown, compare them all).
+    _changed_names: frozenset[str] | None = None
+    _parts: RepodataParts | None = None  # the JSON's pieces, for the next incremental update
+    _shards: dict[str, ShardEntry] | None = None
+    _shard_index: Encoded | None = None
+    _shards_by_digest: dict[str, bytes] | None = None
+    _bz2: Encoded | None = None
+    _by_name: dict[str, list[str]] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # bz2 of a big subdir takes many seconds: it must not hold up shard or listing requests.
+    _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def by_name(self) -> dict[str, list[str]]:
+        """Package name -> its file names (for listings), built on first use."""
+        with self._lock:
+            return self._grouped_by_name()
+
+    def _grouped_by_name(self) -> dict[str, list[str]]:  # with self._lock held
+        if self._by_name is None:
+            grouped: dict[str, list[str]] = {}
+            for filename, name in self.names.items():
+                grouped.setdefault(name, []).append(filename)
+            self._by_name = grouped
+        return self._by_name
+
+    def bz2(self) -> Encoded:
+        with self._bz2_lock:
+            if self._bz2 is None:
+                body = compress_bz2(self.json.body)
+                self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.built_at)
+            return self._bz2
+
+    def record(self, filename: str) -> dict[str, Any] | None:
+        raw = self.records.get(filename)
+        return None if raw is None else decode_record(raw)
+
+    def is_local(self, filename: str) -> bool:
+        return filename in self.local_records
+
+    def built_bz2(self) -> Encoded | None:
+        """bz2 if it is built already (the fast lane never builds anything)."""
+        return self._bz2
+
+    def built_shard_index(self) -> Encoded | None:
+        return self._shard_index
+
+    def built_shard(self, digest_hex: str) -> bytes | None:
+        found = self._shards_by_digest
+        return None if found is None else found.get(digest_hex)
+
+    def shards(self) -> dict[str, ShardEntry]:
+        with self._lock:
+            if self._shards is None:
+                self._shards, self._shards_by_digest = self._build_shards()
+                self._shard_index = None
+            return self._shards
+
+    def shard_by_digest(self, digest_hex: str) -> bytes | None:
+        self.shards()
+        assert self._shards_by_digest is not None
+        return self._shards_by_digest.get(digest_hex)
+
+    def shard_index(self) -> Encoded:
+        shards = self.shards()
+        with self._lock:
+            if self._shard_index is None:
+                index = encode_shard_index(
+                    self.subdir, {name: entry[1] for name, entry in shards.items()}, self.built_at
+                )
+                self._shard_index = Encoded(index, etag_of(index, "shards"), self.built_at)
+            return self._shard_index
+
+    def _build_shards(self) -> tuple[dict[str, ShardEntry], dict[str, bytes]]:
+        """(shards by package name, shard bytes by hex digest); with self._lock held."""
+        previous = self._previous_shards or {}
+        previous_by_digest = self._previous_by_digest
+        changed = self._changed_names
+        self._previous_shards = self._previous_by_digest = self._changed_names = None
+        by_name = self._grouped_by_name()
+        if previous and previous_by_digest is not None and changed is not None:
+            # Only these names' records changed: every other shard is the previous one.
+            updated, by_digest = dict(previous), dict(previous_by_digest)
+            for name in changed:
+                old = updated.pop(name, None)
+                if old is not None:
+                    by_digest.pop(old[1].hex(), None)
+                filenames = by_name.get(name)
+                if not filenames:
+                    continue
+                key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
+                if old is None or old[0] != key:
+                    digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                    old = (key, digest, body)
+                updated[name] = old
+                by_digest[old[1].hex()] = old[2]
+            return updated, by_digest
+        shards: dict[str, ShardEntry] = {}
+        for name, filenames in by_name.items():
+            # The key holds references to the record bytes, not copies; equal keys mean an equal shard.
+            key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
+            old = previous.get(name)
+            if old is not None and old[0] == key:
+                shards[name] = old
+            else:
+                digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                shards[name] = (key, digest, body)
+        return shards, {entry[1].hex(): entry[2] for entry in shards.values()}
