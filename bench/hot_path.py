@@ -13,14 +13,26 @@ With ``--accel``, also: condagate started with ``CONDAGATE_ACCEL_REDIRECT`` behi
 serves the blobs from an ``internal`` location (both on core 0), the 1 MB download through it
 against bare nginx.
 
+With ``--in-process`` instead: condagate's own Python work per request, without a server. The same
+data is set up through a real server, which is then stopped; a fresh interpreter on core 0 opens the
+app in-process (``create_app_from_env``, lifespan and all, logging to a file) and calls it directly
+with ASGI messages, N times per resource after a warm-up. CPU per request = that interpreter's CPU
+(every thread: the access-log writer's too) over the N requests plus writing out what they left
+behind (access log, counters), / N. ``--profile RESOURCE`` adds cProfile's top functions for one.
+
     .venv/bin/python bench/hot_path.py [--records 2000] [--duration 5] [--accel] [--keep]
+    .venv/bin/python bench/hot_path.py --in-process [--requests 20000] [--profile "repodata.json.zst 304"]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import cProfile
+import json
 import os
+import pstats
 import re
 import shutil
 import subprocess
@@ -29,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgpack
@@ -262,6 +275,126 @@ def run(records: int = 2000, duration: int = 5, accel: bool = False, keep: bool 
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def in_process(records: int, requests: int, profile: str | None, keep: bool) -> None:
+    """Set up as ``run`` does, then measure in a fresh interpreter on the server's core (``_measure``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="condagate-bench-inproc-"))
+    common.pin_this_process(common.CLIENT_CORE)
+    try:
+        generated = common.generate_packages(workdir / "packages", records, (SUBDIR,))
+        big = common.generate_one(workdir / "big", "bench-big", "noarch", ".conda",
+                                  {"share/bench-big/payload.bin": os.urandom(1_000_000)})
+        server = common.start_condagate(workdir / "condagate")
+        try:
+            common.create_feed(server, FEED)
+            common.upload_all(server, FEED, [g.path for g in generated])
+            common.upload_all(server, FEED, [big])
+            base = f"/conda/{FEED}/{SUBDIR}/"
+            with server.client() as client:
+                shard = base + _first_shard(client.get(base + "repodata_shards.msgpack.zst").content)
+                etag = client.get(base + "repodata.json.zst").headers["etag"]
+            with server.admin() as admin:
+                created = admin.post("/api/apikeys", json={"feeds": [FEED], "permissions": ["view"]})
+                created.raise_for_status()
+                key = created.json()["key"]
+        finally:
+            server.stop()
+        package = f"/conda/{FEED}/noarch/{big.name}"
+        conditional = [["if-none-match", etag]]
+        cases = {
+            "repodata.json.zst": [base + "repodata.json.zst", []],
+            "repodata.json.zst 304": [base + "repodata.json.zst", conditional],
+            "repodata.json.zst 304, API key": [base + "repodata.json.zst", [*conditional, ["x-api-key", key]]],
+            "shard": [shard, []],
+            "package (1 MB)": [package, []],
+            "package (1 MB), API key": [package, [["x-api-key", key]]],
+        }
+        spec = {"requests": requests, "profile": profile, "cases": cases, "log": str(workdir / "in-process.log"),
+                "warm": [f"/conda/{FEED}/noarch/repodata.json"]}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONDAGATE_")}
+        env.update({"CONDAGATE_DATA_DIR": str(workdir / "condagate"), "CONDAGATE_DOWNLOAD_FLUSH_SECONDS": "2",
+                    "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")})
+        (workdir / "metrics").mkdir()
+        command = [*common.pinned(common.SERVER_CORE), sys.executable, str(Path(__file__).resolve()), "--measure",
+                   json.dumps(spec)]
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            raise RuntimeError(f"the in-process run failed:\n{Path(spec['log']).read_text(errors='replace')[-3000:]}")
+    finally:
+        if keep:
+            print(f"[hot_path] kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(spec: dict[str, Any]) -> None:
+    """In the fresh interpreter: the app in-process, called with ASGI messages (see ``in_process``)."""
+    log = open(spec["log"], "wb")  # noqa: SIM115 - the app's log (stderr) for the whole run
+    os.dup2(log.fileno(), 2)
+    from starlette.concurrency import run_in_threadpool
+
+    from condagate.web.app import create_app_from_env
+
+    async def main() -> None:
+        app = create_app_from_env()
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await inbox.put({"type": "lifespan.startup"})
+        lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                           inbox.get, outbox.put))
+        if (await outbox.get())["type"] != "lifespan.startup.complete":
+            raise RuntimeError("the app did not start")
+        services = app.state.services
+        statuses: set[int] = set()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.add(message["status"])
+
+        async def call(path: str, headers: list[list[str]]) -> None:
+            await app({"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+                       "server": ("127.0.0.1", 8624), "client": ("127.0.0.1", 40000), "scheme": "http",
+                       "method": "GET", "root_path": "", "path": path, "raw_path": path.encode(),
+                       "query_string": b"", "headers": [(b"host", b"127.0.0.1:8624"),
+                                                       *((k.encode(), v.encode()) for k, v in headers)],
+                       "extensions": {"http.response.pathsend": {}}, "state": {}}, receive, send)
+
+        drain = getattr(getattr(app.state, "access_log", None), "drain", None)  # a tree without one: logs inline
+
+        async def settle() -> None:  # what the requests left behind, written now
+            if drain is not None:
+                await run_in_threadpool(drain)
+            await run_in_threadpool(services.flush)
+
+        for path in spec["warm"]:
+            await call(path, [])
+        print(f"{'resource':32} µs CPU / request  (in-process, {spec['requests']:,} requests each)")
+        for name, (path, headers) in spec["cases"].items():
+            for _ in range(500):
+                await call(path, headers)
+            await settle()
+            statuses.clear()
+            profiler = cProfile.Profile() if spec["profile"] == name else None
+            started = time.process_time()
+            if profiler:
+                profiler.enable()
+            for _ in range(spec["requests"]):
+                await call(path, headers)
+            if profiler:
+                profiler.disable()
+            await settle()
+            cpu = time.process_time() - started
+            print(f"{name:32} {cpu / spec['requests'] * 1e6:8.1f}  (statuses {sorted(statuses)})", flush=True)
+            if profiler:
+                pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await lifespan
+
+    asyncio.run(main())
+
+
 def markdown(r: Results) -> str:
     sizes = ", ".join(f"{k} {v:,} bytes" for k, v in r.sizes.items())
     out = [f"### Hot path: condagate vs a bare granian app and nginx ({r.records:,}-record subdir; {sizes})", "",
@@ -289,8 +422,17 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--accel", action="store_true", help="also nginx + condagate with X-Accel-Redirect")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help="condagate's Python work per request, no server")
+    parser.add_argument("--requests", type=int, default=20000, help="per resource, with --in-process")
+    parser.add_argument("--profile", metavar="RESOURCE", help="with --in-process: cProfile's top functions")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # the fresh interpreter of --in-process
     args = parser.parse_args()
-    print(markdown(run(args.records, args.duration, args.accel, args.keep)))
+    if args.measure:
+        _measure(json.loads(args.measure))
+    elif args.in_process:
+        in_process(args.records, args.requests, args.profile, args.keep)
+    else:
+        print(markdown(run(args.records, args.duration, args.accel, args.keep)))
 
 
 if __name__ == "__main__":

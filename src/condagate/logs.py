@@ -10,21 +10,33 @@ from datetime import UTC, datetime
 from condagate.security.redact import redact
 
 
+def log_time(created: float) -> str:
+    """A line's "time": ``time.time()`` as ISO 8601, UTC, in milliseconds."""
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+def json_line(created: float, level: str, logger: str, message: str, fields: dict[str, object] | None) -> str:
+    """One log line: the JSON object every handler of condagate writes, redacted."""
+    entry: dict[str, object] = {
+        "time": log_time(created),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    if fields:
+        entry.update(fields)
+    # Every line passes the one redaction: keys in paths, URLs with credentials, header values.
+    return redact(json.dumps(entry))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
+        if not isinstance(fields, dict):
+            fields = None
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        # Every line passes the one redaction: keys in paths, URLs with credentials, header values.
-        return redact(json.dumps(entry))
+            fields = {**(fields or {}), "exception": self.formatException(record.exc_info)}
+        return json_line(record.created, record.levelname.lower(), record.name, record.getMessage(), fields)
 
 
 def configure_logging(level: str = "info") -> None:

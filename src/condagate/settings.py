@@ -54,6 +54,10 @@ class Settings:
     access_log_days: int = 90
     # The channel fast lane (web.fast_lane): "off" sends every channel request through the routes.
     fast_lane: str = "on"
+    # PostgreSQL: what this process read is trusted at most this long while its change listener cannot
+    # vouch for other replicas' changes (README "Configuration"); "off": no listener, always this bound.
+    change_max_age_seconds: float = 0.1
+    change_listener: str = "on"
     # Behind nginx: package downloads answer X-Accel-Redirect: ACCEL_REDIRECT/<blob path> (README).
     accel_redirect: str = ""
     sendfile_header: str = ""  # e.g. X-Sendfile: the blob's absolute path, for other front servers

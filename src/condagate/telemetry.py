@@ -15,6 +15,7 @@ Label values come from small fixed sets (route families, outcomes) or from the c
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import shutil
 import sys
@@ -164,31 +165,52 @@ class Telemetry:
             multiprocess_mode="livemin",
             registry=registry,
         )
-        self._lock = threading.Lock()
-        self._per_request: dict[tuple[str, int], tuple[Counter, Histogram, Counter]] = {}
+        self._requests_by: dict[tuple[str, int], Counter] = {}  # (family, status) -> its child
         self._uploads = {outcome: self.uploads.labels(outcome) for outcome in ("accepted", "refused")}
         self._cache = {result: self.proxy_cache.labels(result) for result in ("hit", "miss")}
 
-    def observe_request(self, family: str, status: int, seconds: float, sent: int) -> None:
-        """The per-request update (access-log middleware): a few in-memory increments."""
-        children = self._per_request.get((family, status))
-        if children is None:
-            with self._lock:
-                children = self._per_request.setdefault(
-                    (family, status),
-                    (
-                        self.requests.labels(family, str(status)),
-                        self.request_seconds.labels(family),
-                        self.response_bytes.labels(family),
-                    ),
-                )
-        requests, latency, sent_bytes = children
-        requests.inc()
-        latency.observe(seconds)
-        if sent:
-            sent_bytes.inc(sent)
-        if family == UPLOAD:
-            self._uploads["accepted" if 200 <= status < 300 else "refused"].inc()
+    def observe_requests(self, requests: Iterable[tuple[str, int, float, int]]) -> None:
+        """A batch of answered requests, each (family, status, seconds, bytes sent), added up first:
+        one update per series and batch (the access-log writer calls this off the request path)."""
+        counts: dict[tuple[str, int], int] = {}
+        latencies: dict[str, list[float]] = {}
+        sent_by_family: dict[str, int] = {}
+        for family, status, seconds, sent in requests:
+            counts[family, status] = counts.get((family, status), 0) + 1
+            latencies.setdefault(family, []).append(seconds)
+            if sent:
+                sent_by_family[family] = sent_by_family.get(family, 0) + sent
+        for (family, status), count in counts.items():
+            counter = self._requests_by.get((family, status))
+            if counter is None:
+                counter = self._requests_by[family, status] = self.requests.labels(family, str(status))
+            counter.inc(count)
+            if family == UPLOAD:
+                self._uploads["accepted" if 200 <= status < 300 else "refused"].inc(count)
+        for family, durations in latencies.items():
+            _observe_all(self.request_seconds.labels(family), durations)
+        for family, sent in sent_by_family.items():
+            self.response_bytes.labels(family).inc(sent)
+
+
+def _observe_all(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each value, with one update per bucket (each update of a
+    multi-process value takes a lock and writes its file): the values counted into their buckets
+    here, as ``observe`` places one (the first bound not below it), then added once each."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another prometheus-client: the public way
+        for value in values:
+            histogram.observe(value)
+        return
+    per_bucket = [0] * len(bounds)
+    for value in values:
+        per_bucket[bisect.bisect_left(bounds, value)] += 1
+    total.inc(sum(values))
+    for index, count in enumerate(per_bucket):
+        if count:
+            buckets[index].inc(count)
 
 
 _instance: Telemetry | None = None

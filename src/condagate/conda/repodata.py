@@ -1,30 +1,40 @@
-"""Encoding one subdir's repodata from canonical record bytes, without re-parsing any record."""
+"""Encoding one subdir's repodata from canonical record bytes, without re-parsing any record.
+
+Large subdirs are kept as blocks of records, each compressed on its own and spliced into one zstd frame
+(``zstd_splice``), so one more record re-encodes and re-compresses one block, not the subdir."""
 
 from __future__ import annotations
 
 import bisect
 import bz2
 import json
+import os
 import re
 import threading
-from collections.abc import Collection, Iterable, Mapping
+import zlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import zstandard
 
+from condagate.conda.zstd_splice import SEPARATOR, Piece, compress_piece
+
 ZSTD_LEVEL = 3
-# repodata.json from this size on is compressed at ZSTD_LARGE_LEVEL: about twice as fast as level 3
-# (a 19 MB subdir: ~20 ms against ~45 ms) for a few percent more bytes. The level depends on the size
-# alone, so every worker encodes the same JSON to the same .zst bytes.
+# repodata.json from this size on is kept in blocks spliced into one .zst frame (``spliced_zst``), each
+# compressed at ZSTD_LARGE_LEVEL: about twice as fast as level 3 (a 19 MB subdir: ~20 ms against ~45 ms)
+# for a few percent more bytes. It depends on the size alone, so every worker gives the same JSON the
+# same .zst bytes.
 ZSTD_LARGE_BYTES = 4 * 1024 * 1024
 ZSTD_LARGE_LEVEL = 1
 
 
 # File names made only of these need no JSON escaping (all conda file names in practice).
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.+!=-]*$")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+!=-]*")
+_PLAIN_NAMES = re.compile(r"[A-Za-z0-9_.+!=\x00-]*")  # names joined by NUL
 
 
 def _quoted(filename: str) -> bytes:
-    if _PLAIN_NAME.match(filename):
+    if _PLAIN_NAME.fullmatch(filename):
         return b'"' + filename.encode() + b'":'
     return json.dumps(filename).encode() + b":"
 
@@ -44,82 +54,217 @@ def _packages_object(records: Mapping[str, bytes], filenames: list[str]) -> byte
 
 
 _KINDS = (".tar.bz2", ".conda")  # "packages", "packages.conda"
-_COMMA = b","
+FRAME_BYTES_ENV = "CONDAGATE_REPODATA_FRAME_BYTES"
+DEFAULT_FRAME_BYTES = 1024 * 1024
+# A typical conda-forge record is ~500 bytes: turns the frame size into how often a block is cut.
+_TYPICAL_RECORD_BYTES = 512
+
+
+def frame_bytes_setting() -> int | None:
+    """The block size asked for with CONDAGATE_REPODATA_FRAME_BYTES (it also makes small subdirs take
+    the large subdirs' spliced .zst: for tests), or None."""
+    value = os.environ.get(FRAME_BYTES_ENV, "").strip()
+    return max(1, int(value)) if value.isdigit() else None
+
+
+def spliced_zst(json_size: int) -> bool:
+    """Whether repodata.json of this size is kept in blocks compressed one by one and spliced into one
+    zstd frame (``zstd_splice``; else one join compressed whole at level 3: the bytes small subdirs
+    always had). A function of the size (and the setting) alone."""
+    return json_size >= ZSTD_LARGE_BYTES or frame_bytes_setting() is not None
+
+
+def _cut_every() -> int:
+    return max(1, (frame_bytes_setting() or DEFAULT_FRAME_BYTES) // _TYPICAL_RECORD_BYTES)
+
+
+class _Block:
+    """A run of consecutive records of one kind: ``"NAME":RECORD`` joined by commas, with the comma that
+    separates it from the block before (none for the first block of its object); compressed (a
+    ``Piece``) once asked for. Never changed once built (``RepodataParts.copy`` shares blocks)."""
+
+    __slots__ = ("_piece", "body", "names", "records")
+
+    def __init__(self, names: list[str], records: list[bytes], quoted: list[bytes]) -> None:
+        self.names = names
+        self.records = records
+        pieces = quoted + records  # a list of the right length, then interleaved in place
+        pieces[::2], pieces[1::2] = quoted, records
+        self.body = b"".join(pieces)
+        self._piece: Piece | None = None
+
+    def piece(self) -> Piece:
+        """``body`` compressed on its own (``zstd_splice``); once, by whichever thread asks first."""
+        found = self._piece
+        if found is None:
+            found = self._piece = compress_piece(zstd_compressor(ZSTD_LARGE_LEVEL), [self.body], padded=True)
+        return found
 
 
 class RepodataParts:
-    """A subdir's ``packages`` and ``packages.conda`` objects kept as sorted lists of references to
-    pre-encoded pieces (quoted file name, record bytes, separator): encoding is one join, and adding
-    or replacing a record is a bisect and a list insert, not a re-serialisation. The record bytes are
-    referenced, not copied. ``encode`` gives exactly ``encode_repodata``'s bytes for the same records.
+    """A subdir's ``packages`` and ``packages.conda`` objects kept as sorted runs of records (blocks),
+    each with its encoded bytes and, once asked for, compressed on its own: adding or replacing a record
+    re-encodes (and re-compresses) one block, the other blocks are shared with the previous value.
+    Record bytes are referenced, not copied. ``encode`` gives exactly ``encode_repodata``'s bytes.
 
     A value is built (``from_records``, ``put``) by one thread and then only read: ``copy`` before
-    changing one that readers may hold."""
+    changing one that readers may hold (it copies two short lists of blocks, not the records)."""
 
-    __slots__ = ("_names", "_parts")
+    __slots__ = ("_blocks", "_every")
 
-    def __init__(self, names: tuple[list[str], list[str]], parts: tuple[list[bytes], list[bytes]]) -> None:
-        self._names = names  # sorted file names per kind
-        self._parts = parts  # per kind: quoted name, record, "," per file name, in the same order
+    def __init__(self, blocks: tuple[list[_Block], list[_Block]], every: int) -> None:
+        self._blocks = blocks  # per kind, in file name order
+        self._every = every
 
     @classmethod
-    def from_records(cls, records: Mapping[str, bytes]) -> RepodataParts:
-        names: tuple[list[str], list[str]] = ([], [])
-        parts: tuple[list[bytes], list[bytes]] = ([], [])
-        for filename in sorted(records):
-            kind = _kind(filename)
-            if kind < 0:
-                continue
-            names[kind].append(filename)
-            parts[kind].extend((_quoted(filename), records[filename], _COMMA))
-        return cls(names, parts)
+    def from_records(cls, records: Mapping[str, bytes], exclude: Collection[str] = ()) -> RepodataParts:
+        every = _cut_every()
+        blocks: tuple[list[_Block], list[_Block]] = ([], [])
+        for kind, suffix in enumerate(_KINDS):
+            names = sorted(fn for fn in records if fn.endswith(suffix))
+            if exclude:
+                names = [fn for fn in names if fn not in exclude]
+            blocks[kind].extend(_cut(names, list(map(records.__getitem__, names)), every, first=True))
+        return cls(blocks, every)
 
     def copy(self) -> RepodataParts:
-        return RepodataParts(
-            (self._names[0].copy(), self._names[1].copy()), (self._parts[0].copy(), self._parts[1].copy())
-        )
+        return RepodataParts((self._blocks[0].copy(), self._blocks[1].copy()), self._every)
 
     def put(self, items: Iterable[tuple[str, bytes]]) -> None:
-        """Add or replace records (file name, record bytes) in place."""
+        """Add or replace records (file name, record bytes); only the blocks they fall in are rebuilt."""
+        changed: tuple[dict[int, tuple[list[str], list[bytes]]], ...] = ({}, {})  # block index -> new content
         for filename, record in items:
             kind = _kind(filename)
             if kind < 0:
                 continue
-            names, parts = self._names[kind], self._parts[kind]
-            at = bisect.bisect_left(names, filename)
-            if at < len(names) and names[at] == filename:
-                parts[3 * at + 1] = record
+            blocks, pending = self._blocks[kind], changed[kind]
+            if not blocks:
+                blocks.append(_Block([], [], []))
+            # The first block whose last name sorts at or after it (the last block past every name).
+            at = min(bisect.bisect_left(_Lasts(blocks), filename), len(blocks) - 1)
+            if at not in pending:
+                pending[at] = (blocks[at].names.copy(), blocks[at].records.copy())
+            names, records = pending[at]
+            position = bisect.bisect_left(names, filename)
+            if position < len(names) and names[position] == filename:
+                records[position] = record
             else:
-                names.insert(at, filename)
-                parts[3 * at : 3 * at] = [_quoted(filename), record, _COMMA]
+                names.insert(position, filename)
+                records.insert(position, record)
+        for kind, pending in enumerate(changed):
+            if pending:
+                blocks = self._blocks[kind]
+                for at in sorted(pending, reverse=True):  # splitting shifts only what follows
+                    names, records = pending[at]
+                    blocks[at : at + 1] = _cut(names, records, self._every, first=at == 0)
 
     def __len__(self) -> int:
-        return len(self._names[0]) + len(self._names[1])
+        return sum(len(block.names) for kind in self._blocks for block in kind)
+
+    def json_chunks(self, subdir: str, spliced: bool = False) -> list[bytes]:
+        """repodata.json as consecutive pieces: the head, each block, the middle, each block, the tail;
+        ``spliced``: with ``zstd_splice.SEPARATOR`` (whitespace) after each but the last, as the .zst of
+        ``zst_pieces`` decompresses."""
+        head, middle, tail = _frame_texts(subdir)
+        texts = [head, *(b.body for b in self._blocks[0]), middle, *(b.body for b in self._blocks[1]), tail]
+        if not spliced:
+            return texts
+        chunks = [SEPARATOR] * (2 * len(texts) - 1)
+        chunks[::2] = texts
+        return chunks
+
+    def zst_pieces(self, subdir: str) -> list[Piece]:
+        """Each piece of ``json_chunks`` compressed on its own, for ``zstd_splice.frame_of``. Blocks
+        compressed before are reused; new ones are compressed on two threads (zstd and sha256 release
+        the GIL)."""
+        blocks = [*self._blocks[0], *self._blocks[1]]
+        missing = [block for block in blocks if block._piece is None]
+        if len(missing) > 4:
+            list(_pool().map(_Block.piece, missing))
+        compressor = zstd_compressor(ZSTD_LARGE_LEVEL)
+        head_text, middle_text, tail_text = _frame_texts(subdir)
+        head = compress_piece(compressor, [head_text], padded=True)
+        middle = compress_piece(compressor, [middle_text], padded=True)
+        tail = compress_piece(compressor, [tail_text], padded=False)
+        count = len(self._blocks[0])
+        return [head, *(b.piece() for b in blocks[:count]), middle, *(b.piece() for b in blocks[count:]), tail]
 
     def encode(self, subdir: str) -> bytes:
-        """repodata.json bytes, as ``encode_repodata(subdir, records)``: one join over references."""
-        info = json.dumps({"subdir": subdir}, sort_keys=True, separators=(",", ":")).encode()
-        pieces: list[bytes] = [b'{"info":', info, b',"packages":']
-        _extend_object(pieces, self._parts[0])
-        pieces.append(b',"packages.conda":')
-        _extend_object(pieces, self._parts[1])
-        pieces.append(b',"removed":[],"repodata_version":1}')
-        return b"".join(pieces)
+        """repodata.json bytes, as ``encode_repodata(subdir, records)``."""
+        return b"".join(self.json_chunks(subdir))
+
+
+class _Lasts(Sequence[str]):
+    """The last file name of each block, for bisect, without building a list."""
+
+    __slots__ = ("_blocks",)
+
+    def __init__(self, blocks: list[_Block]) -> None:
+        self._blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # bisect passes ints only
+        names = self._blocks[index].names
+        return names[-1] if names else ""
+
+
+def _cut(names: list[str], records: list[bytes], every: int, first: bool) -> list[_Block]:
+    """Blocks of consecutive records, each ending after a name whose checksum ``every`` divides
+    (``_quoted_names``), or at the end; ``first``: these records open their object (no comma before)."""
+    quoted, checksums = _quoted_names(names, first)
+    ends = [index + 1 for index, checksum in enumerate(checksums) if checksum % every == 0]
+    if not ends or ends[-1] != len(names):
+        ends.append(len(names))  # the last block ends with the object, wherever that falls
+    blocks: list[_Block] = []
+    start = 0
+    for end in ends:
+        if end > start:
+            blocks.append(_Block(names[start:end], records[start:end], quoted[start:end]))
+            start = end
+    return blocks
+
+
+def _quoted_names(names: list[str], first: bool) -> tuple[list[bytes], list[int]]:
+    """``,"NAME":`` per name (no comma before the first when ``first``), and the crc32 of each name's
+    JSON text: blocks end after the names whose checksum ``every`` divides, so every process and every
+    history of changes cuts the same records into the same blocks, and one more record changes one
+    block. Plain names (all conda file names in practice) take a few joins and one split."""
+    if not names:
+        return [], []
+    joined = "\x00".join(names)
+    if _PLAIN_NAMES.fullmatch(joined) is not None:
+        texts = ('"' + joined.replace("\x00", '\x00"')).encode().split(b"\x00")  # '"NAME' each
+        quoted = (('"' if first else ',"') + joined.replace("\x00", '":\x00,"') + '":').encode().split(b"\x00")
+    else:
+        texts = [json.dumps(name).encode()[:-1] for name in names]
+        quoted = [b"," + text + b'":' for text in texts]
+        if first:
+            quoted[0] = quoted[0][1:]
+    return quoted, list(map(zlib.crc32, texts))
+
+
+def _frame_texts(subdir: str) -> tuple[bytes, bytes, bytes]:
+    info = json.dumps({"subdir": subdir}, sort_keys=True, separators=(",", ":")).encode()
+    return b'{"info":' + info + b',"packages":{', b'},"packages.conda":{', b'},"removed":[],"repodata_version":1}'
+
+
+_pool_guard = threading.Lock()
+_pools: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _pool_guard:
+        if not _pools:
+            _pools.append(ThreadPoolExecutor(2, thread_name_prefix="zstd-frames"))
+        return _pools[0]
 
 
 def _kind(filename: str) -> int:
     if filename.endswith(".tar.bz2"):
         return 0
     return 1 if filename.endswith(".conda") else -1
-
-
-def _extend_object(pieces: list[bytes], parts: list[bytes]) -> None:
-    if not parts:
-        pieces.append(b"{}")
-        return
-    pieces.append(b"{")
-    pieces.extend(parts)
-    pieces[-1] = b"}"  # the last separator closes the object
 
 
 def encode_repodata(
@@ -151,13 +296,17 @@ def encode_repodata(
 _compressors = threading.local()
 
 
-def compress_zstd(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
-    """zstd with a compressor reused per thread (creating one costs more than a small shard)."""
+def zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's compressor for ``level`` (creating one costs more than a small shard)."""
     cache: dict[int, zstandard.ZstdCompressor] = _compressors.__dict__.setdefault("by_level", {})
     compressor = cache.get(level)
     if compressor is None:
         compressor = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return compressor.compress(data)
+    return compressor
+
+
+def compress_zstd(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
+    return zstd_compressor(level).compress(data)
 
 
 def compress_repodata_zstd(body: bytes) -> bytes:
@@ -167,3 +316,9 @@ def compress_repodata_zstd(body: bytes) -> bytes:
 
 def compress_bz2(data: bytes) -> bytes:
     return bz2.compress(data, compresslevel=9)
+
+
+def compress_bz2_chunks(chunks: Iterable[bytes]) -> bytes:
+    """``compress_bz2`` of the chunks joined (the same bytes), without joining them."""
+    compressor = bz2.BZ2Compressor(9)
+    return b"".join([*(compressor.compress(chunk) for chunk in chunks), compressor.flush()])

@@ -176,7 +176,7 @@ class AccessControl:
         self._pepper = secrets.token_bytes(32)  # keys the password cache: nothing outside this process can use it
         self._verified: dict[tuple[int, bytes], float] = {}
         self._password_checks = threading.BoundedSemaphore(CONCURRENT_PASSWORD_CHECKS)
-        self._last_used: dict[int, datetime] = {}
+        self._last_used: dict[int, float] = {}  # key id -> time.time() of its latest use
         self.on_change: list[Callable[[], None]] = []
 
     # Keeping the snapshot current -----------------------------------------------------------------
@@ -216,9 +216,10 @@ class AccessControl:
         entry = self._snapshot.keys.get(hash_key(key))
         if entry is None:
             return None
-        if entry.expires_at is not None and _aware(entry.expires_at) <= datetime.now(UTC):
+        now = time.time()
+        if entry.expires_at is not None and _aware(entry.expires_at).timestamp() <= now:
             return None
-        self._last_used[entry.id] = datetime.now(UTC)
+        self._last_used[entry.id] = now  # a float here; a datetime only when the batch is written
         return entry.principal
 
     def cached_password_principal(self, user: str, password: str) -> Principal | None:
@@ -264,7 +265,7 @@ class AccessControl:
 
     def take_last_used(self) -> dict[int, datetime]:
         taken, self._last_used = self._last_used, {}
-        return taken
+        return {key_id: datetime.fromtimestamp(when, UTC) for key_id, when in taken.items()}
 
 
 def _aware(value: datetime) -> datetime:

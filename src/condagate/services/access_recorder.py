@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from condagate.store import security as security_store
@@ -26,17 +28,26 @@ class AccessRecorder:
     def record(
         self, *, api_key_id: int | None, principal: str, client: str, method: str, path: str, status: int
     ) -> None:
-        entry: dict[str, object] = {
-            "api_key_id": api_key_id,
-            "principal": principal[:200],
-            "at": datetime.now(UTC),
-            "client": client[:64],
-            "method": method[:10],
-            "path": path[:2000],
-            "status": status,
-        }
+        self.record_many([(api_key_id, principal, client, method, path, status, time.time())])
+
+    def record_many(self, requests: Iterable[tuple[int | None, str, str, str, str, int, float]]) -> None:
+        """Requests as (api_key_id, principal, client, method, path, status, when: a ``time.time()``)."""
+        entries: list[dict[str, object]] = [
+            {
+                "api_key_id": api_key_id,
+                "principal": principal[:200],
+                "at": datetime.fromtimestamp(when, UTC),
+                "client": client[:64],
+                "method": method[:10],
+                "path": path[:2000],
+                "status": status,
+            }
+            for api_key_id, principal, client, method, path, status, when in requests
+        ]
+        if not entries:
+            return
         with self._lock:
-            self._pending.append(entry)
+            self._pending.extend(entries)
             if len(self._pending) > MAX_PENDING:
                 del self._pending[: len(self._pending) - MAX_PENDING]
 

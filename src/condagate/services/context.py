@@ -21,6 +21,7 @@ from condagate.store import connectors as connector_store
 from condagate.store.blobs import LocalBlobStore, open_blob_store
 from condagate.store.change_signal import ChangeSignal
 from condagate.store.db import Database, migrate
+from condagate.store.pg_listener import start_listener
 from condagate.upstream.repodata_cache import UpstreamRepodataCache
 
 
@@ -48,7 +49,10 @@ class Services:
         settings.data_dir.chmod(0o700)  # it holds the database and the key of upstream credentials
         db = Database(settings.resolved_database_url)
         migrate(db.engine)
-        changes = ChangeSignal(settings.data_dir / "run" / "changes")
+        sqlite = settings.resolved_database_url.startswith("sqlite")
+        changes = ChangeSignal(
+            settings.data_dir / "run" / "changes", max_age=None if sqlite else settings.change_max_age_seconds
+        )
         db.on_commit = changes.bump
         _owner_only(settings.resolved_database_url)
         secretbox.install(SecretBox.from_settings(settings.secret_key, settings.data_dir / "secret.key"))
@@ -79,6 +83,8 @@ class Services:
             max_backoff_seconds=settings.upstream_max_backoff_seconds,
             revalidate_wait_seconds=settings.revalidate_wait_seconds,
         )
+        if not sqlite and settings.change_listener != "off":
+            start_listener(changes, db.engine)  # other replicas' commits; stopped by changes.close()
         return cls(
             settings=settings,
             db=db,
@@ -88,7 +94,7 @@ class Services:
             downloads=DownloadCounter(db),
             http=http,
             http_async=http_async,
-            lookups=RecentLookups(),
+            lookups=RecentLookups(changes),
             changes=changes,
             access=access,
             access_log=AccessRecorder(db, settings.access_log_days),

@@ -6,15 +6,22 @@ name it leaves alone. A feed without such a policy serves the snapshot itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from condagate.conda.records import decode_record
-from condagate.conda.repodata import compress_bz2, encode_repodata
+from condagate.conda.repodata import RepodataParts, compress_bz2_chunks
 from condagate.conda.shards import encode_shard, encode_shard_index
-from condagate.services.subdir_snapshot import Encoded, ShardEntry, SubdirSnapshot, etag_of, json_and_zst
+from condagate.services.subdir_snapshot import (
+    Encoded,
+    ShardEntry,
+    SubdirSnapshot,
+    encode_subdir,
+    etag_of,
+    served_json_chunks,
+)
 
 
 class Served(Protocol):
@@ -50,14 +57,15 @@ class FilteredSubdir:
 
     @classmethod
     def build(cls, snapshot: SubdirSnapshot, hidden: frozenset[str], previous: Served | None) -> FilteredSubdir:
-        body = encode_repodata(snapshot.subdir, snapshot.records, exclude=hidden)
-        if isinstance(previous, FilteredSubdir) and previous.json.body == body:
+        parts = RepodataParts.from_records(snapshot.records, exclude=hidden)
+        chunks = served_json_chunks(parts, snapshot.subdir)
+        if isinstance(previous, FilteredSubdir) and _same_bytes(previous.json.chunks, chunks):
             return cls(snapshot, hidden, previous.json, previous.zst, _bz2=previous._bz2)
         # Last-Modified must move with the body: the filter may change while the snapshot does not.
         moment = max(snapshot.built_at, datetime.now(UTC).replace(microsecond=0))
         if previous is not None and moment <= previous.json.last_modified:
             moment = previous.json.last_modified + timedelta(seconds=1)
-        return cls(snapshot, hidden, *json_and_zst(body, moment))
+        return cls(snapshot, hidden, *encode_subdir(parts, snapshot.subdir, moment))
 
     @property
     def subdir(self) -> str:
@@ -66,7 +74,7 @@ class FilteredSubdir:
     def bz2(self) -> Encoded:
         with self._bz2_lock:
             if self._bz2 is None:
-                body = compress_bz2(self.json.body)
+                body = compress_bz2_chunks(self.json.chunks)
                 self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.json.last_modified)
             return self._bz2
 
@@ -102,6 +110,15 @@ class FilteredSubdir:
                 )
                 self._shard_index = Encoded(index, etag_of(index, "shards"), self.json.last_modified)
             return self._shard_index
+
+
+def _same_bytes(chunks: Sequence[bytes], others: Sequence[bytes]) -> bool:
+    """Whether two lists of chunks hold the same bytes (cut alike or not), without joining them."""
+    if sum(map(len, chunks)) != sum(map(len, others)):
+        return False
+    if len(chunks) == len(others) and all(map(bytes.__eq__, chunks, others)):
+        return True
+    return b"".join(chunks) == b"".join(others)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ a forced re-upload or a deleted feed in another worker process is seen by downlo
 that time. Repodata requests always check (an upload must be visible at once).
 
 Ready subdirs (``ready_subdir``) are what ``web.fast_lane`` serves from: a feed subdir as the
-channel routes last resolved it, with the host's change signal as it was *before* that resolution
-read the database. While the signal has not moved, nothing was committed since on this host, so the
-entry is current; ``max_age`` bounds the trust where other hosts write too (PostgreSQL).
+channel routes last resolved it, with the change signal (``store.change_signal``) as it was *before*
+that resolution read the database. While the signal has not moved, nothing was committed since by any
+writer it covers, so the entry is current; where it does not cover every writer now (PostgreSQL while
+its change listener cannot vouch), the signal's ``max_age`` bounds the trust.
 Ready files (``ready_file``) are the same for one of a feed's own package files, as a download
 through the route last located it from the database: a process that serves downloads and no
 repodata (or whose subdir entry a write elsewhere made stale) reads the database once per file
@@ -20,11 +21,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from condagate.store.change_signal import ChangeSignal
+
 FRESH_SECONDS = 1.0
 
 
 class RecentLookups:
-    def __init__(self) -> None:
+    def __init__(self, changes: ChangeSignal | None = None) -> None:
+        # The bound on ready entries comes from the signal, which knows whether its listener vouches
+        # now; without one, the callers' ``max_age`` applies.
+        self._changes = changes
         self._subdirs: dict[tuple[str, str], tuple[Any, float]] = {}
         self._files: dict[tuple[str, str, str], tuple[Any, float]] = {}
         self._cached_files: dict[tuple[int, str, str], str] = {}
@@ -38,13 +44,12 @@ class RecentLookups:
             self._ready.clear()
         self._ready[(feed_name, subdir)] = (located, mark, time.monotonic(), {})
 
-    def ready_subdir(self, feed_name: str, subdir: str, mark: int, max_age: float | None) -> Any | None:
-        """The entry for ``(feed_name, subdir)`` while the change signal still reads ``mark`` (and, with
-        ``max_age``, while it is younger than that): (located, per-entry memo of files) or None."""
+    def ready_subdir(self, feed_name: str, subdir: str, mark: int, max_age: float | None = None) -> Any | None:
+        """The entry for ``(feed_name, subdir)`` while the change signal still reads ``mark`` (and, where
+        the signal does not cover every writer now, while it is younger than its ``max_age``):
+        (located, per-entry memo of files) or None."""
         found = self._ready.get((feed_name, subdir))
-        if found is None or found[1] != mark:
-            return None
-        if max_age is not None and time.monotonic() - found[2] > max_age:
+        if found is None or found[1] != mark or self._too_old(found[2], max_age):
             return None
         return found[0], found[3]
 
@@ -56,16 +61,20 @@ class RecentLookups:
         self._ready_files[(feed_name, subdir, filename)] = (feed, sha256, mark, time.monotonic())
 
     def ready_file(
-        self, feed_name: str, subdir: str, filename: str, mark: int, max_age: float | None
+        self, feed_name: str, subdir: str, filename: str, mark: int, max_age: float | None = None
     ) -> tuple[Any, str] | None:
         """(feed, sha256) of one of the feed's own files while the change signal still reads ``mark``
-        (and, with ``max_age``, while the entry is younger than that), or None."""
+        (and, as for ``ready_subdir``, while young enough), or None."""
         found = self._ready_files.get((feed_name, subdir, filename))
-        if found is None or found[2] != mark:
-            return None
-        if max_age is not None and time.monotonic() - found[3] > max_age:
+        if found is None or found[2] != mark or self._too_old(found[3], max_age):
             return None
         return found[0], found[1]
+
+    def _too_old(self, remembered_at: float, max_age: float | None) -> bool:
+        """``max_age``: the caller's bound, used only without a signal (``web.fast_lane`` still passes
+        the fixed 0.1 s it used before the signal knew better)."""
+        bound = max_age if self._changes is None else self._changes.max_age()
+        return bound is not None and time.monotonic() - remembered_at > bound
 
     def remember_subdir(self, feed_name: str, subdir: str, located: Any) -> None:
         self._subdirs[(feed_name, subdir)] = (located, time.monotonic())

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
 from condagate.conda.records import decode_record
 from condagate.conda.repodata import RepodataParts
+from condagate.conda.shards import ShardIndexEntries
 from condagate.services.filtered_repodata import FilteredSubdir, PreviousFilter, Served
+from condagate.services.layered_mapping import overlaid
 from condagate.services.subdir_snapshot import (
     Encoded,
     ShardEntry,
     SubdirSnapshot,
     UpstreamVersion,
+    encode_subdir,
     etag_of,
-    json_and_zst,
 )
 from condagate.store import connectors as connector_store
 from condagate.store import packages as package_store
@@ -40,7 +42,7 @@ _RETIRED_SHARDS_KEPT = 4096
 
 
 def _regrouped(
-    by_name: dict[str, list[str]], names: dict[str, str], changes: list[tuple[str, str]]
+    by_name: dict[str, list[str]], names: Mapping[str, str], changes: list[tuple[str, str]]
 ) -> dict[str, list[str]]:
     """``by_name`` with the (file name, package name) ``changes`` applied; lists it holds are not changed."""
     grouped = dict(by_name)
@@ -211,15 +213,21 @@ class RepodataCache:
             incremental = current is not None and current.version.generation == version.generation
             since = current.version.revision if incremental and current is not None else -1
             rows = package_store.records_since(session=session, feed_id=feed_id, subdir=subdir, revision=since)
-        if incremental and current is not None:
-            local_records, local_names = dict(current.local_records), dict(current.local_names)
-        else:
-            local_records, local_names = {}, {}
+        new_records: dict[str, bytes] = {}
+        new_names: dict[str, str] = {}
         newest = version.revision
         for filename, name, record, revision in rows:
-            local_records[filename] = record.encode()
-            local_names[filename] = name
+            new_records[filename] = record.encode()
+            new_names[filename] = name
             newest = max(newest, revision)
+        local_records: Mapping[str, bytes]
+        local_names: Mapping[str, str]
+        if incremental and current is not None:
+            # Laid over the previous snapshot's, not copied: it keeps serving what it served.
+            local_records = overlaid(current.local_records, new_records)
+            local_names = overlaid(current.local_names, new_names)
+        else:
+            local_records, local_names = new_records, new_names
         upstream_version = tuple((u.connector_id, u.generation) for u in upstreams)
         sticky: dict[str, tuple[int, datetime | None]] = {}
         only_added = False  # the records are ``current``'s plus ``rows``
@@ -230,29 +238,29 @@ class RepodataCache:
             and current.upstream_version == upstream_version
             and current.keep_cached == keep_cached
         ):
-            # Only local records were added: lay them over the previous merge instead of redoing it.
-            records, names = dict(current.records), dict(current.names)
+            # Only local records were added: lay them over the previous merge instead of redoing (or
+            # copying) it.
+            records, names = overlaid(current.records, new_records), overlaid(current.names, new_names)
             sticky = current.sticky
             only_added = True
-            for filename, name, _record, _revision in rows:
-                records[filename] = local_records[filename]
-                names[filename] = name
         elif upstreams:
-            records = {}
-            names = {}
+            merged_records: dict[str, bytes] = {}
+            merged_names: dict[str, str] = {}
             for upstream in reversed(upstreams):  # the first connector wins a file name over later ones
-                for filename, (name, raw) in upstream.records.items():
-                    records[filename] = raw
-                    names[filename] = name
+                # Comprehensions: at 500,000 records about twice as fast as one loop filling both.
+                merged_records.update({filename: entry[1] for filename, entry in upstream.records.items()})
+                merged_names.update({filename: entry[0] for filename, entry in upstream.records.items()})
+            records, names = merged_records, merged_names
             if keep_cached:
-                sticky = self._sticky(subdir, upstreams, records, names)
-            records.update(local_records)  # and the feed's own packages win over every connector
-            names.update(local_names)
+                sticky = self._sticky(subdir, upstreams, merged_records, merged_names)
+            merged_records.update(local_records)  # and the feed's own packages win over every connector
+            merged_names.update(local_names)
         else:
             records, names = local_records, local_names
             only_added = incremental and current is not None and not current.upstream_version
         previous_shards = None
         previous_by_digest: dict[str, bytes] | None = None
+        previous_index: ShardIndexEntries | None = None
         changed_names: frozenset[str] | None = None
         parts: RepodataParts | None = None
         by_name: dict[str, list[str]] | None = None
@@ -263,6 +271,7 @@ class RepodataCache:
                 previous_by_digest = (
                     current._shards_by_digest if built_shards is not None else current._previous_by_digest
                 )
+                previous_index = current._index_entries if built_shards is not None else current._previous_index
             if only_added:
                 # The same records as ``current`` plus ``rows``: re-encode only what they touch.
                 touched = {name for _filename, name, _record, _revision in rows}
@@ -292,7 +301,7 @@ class RepodataCache:
             # Last-Modified has whole seconds: two changes in one second must still give a newer date,
             # or a client sending only If-Modified-Since would be told the old repodata is current.
             built_at = current.built_at + timedelta(seconds=1)
-        json_encoded, zst_encoded = json_and_zst(parts.encode(subdir), built_at)
+        json_encoded, zst_encoded = encode_subdir(parts, subdir, built_at)
         return SubdirSnapshot(
             subdir=subdir,
             version=SubdirVersion(newest, version.generation, version.updated_at),
@@ -308,6 +317,7 @@ class RepodataCache:
             keep_cached=keep_cached,
             _previous_shards=previous_shards,
             _previous_by_digest=previous_by_digest if changed_names is not None else None,
+            _previous_index=previous_index if changed_names is not None else None,
             _changed_names=changed_names,
             _parts=parts,
             _by_name=by_name,

@@ -7,24 +7,52 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from condagate.conda.records import decode_record
-from condagate.conda.repodata import RepodataParts, compress_bz2, compress_repodata_zstd
-from condagate.conda.shards import encode_shard, encode_shard_index
+from condagate.conda.repodata import RepodataParts, compress_bz2_chunks, compress_repodata_zstd, spliced_zst
+from condagate.conda.shards import ShardIndexEntries, encode_shard
+from condagate.conda.zstd_splice import frame_of
 from condagate.store.packages import SubdirVersion
 
 ShardEntry = tuple[tuple[tuple[str, bytes], ...], bytes, bytes]  # (records key, digest, body)
 UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
 
 
-@dataclass(frozen=True)
 class Encoded:
-    body: bytes
-    etag: str
-    last_modified: datetime
+    """Bytes served with their ETag and Last-Modified: whole, or as chunks (the frames of a large
+    subdir's .zst, the blocks of its JSON) joined only when something needs them whole. Never changed."""
+
+    __slots__ = ("__weakref__", "_body", "chunks", "etag", "last_modified", "size")
+
+    def __init__(self, body: bytes, etag: str, last_modified: datetime) -> None:
+        self._body: bytes | None = body
+        self.chunks: tuple[bytes, ...] = (body,)
+        self.size = len(body)
+        self.etag = etag
+        self.last_modified = last_modified
+
+    @classmethod
+    def of_chunks(cls, chunks: Sequence[bytes], etag: str, last_modified: datetime) -> Encoded:
+        encoded = cls(b"", etag, last_modified)
+        encoded.chunks = tuple(chunks)
+        encoded.size = sum(map(len, chunks))
+        encoded._body = chunks[0] if len(chunks) == 1 else None
+        return encoded
+
+    @property
+    def body(self) -> bytes:
+        """The bytes whole: joined on first use (a large subdir's JSON is better sent as ``chunks``)."""
+        body = self._body
+        if body is None:
+            body = self._body = b"".join(self.chunks)
+        return body
+
+    def joined(self) -> bool:
+        return self._body is not None
 
 
 def etag_of(data: bytes, variant: str) -> str:
@@ -32,11 +60,36 @@ def etag_of(data: bytes, variant: str) -> str:
 
 
 def json_and_zst(body: bytes, moment: datetime) -> tuple[Encoded, Encoded]:
-    """repodata.json and its .zst. Their ETag hashes the .zst: it is a function of the JSON alone
-    (the level depends on the size only) and about a fifth of its size, so hashing it is cheaper."""
+    """repodata.json and its .zst as one frame. Their ETag hashes the .zst: it is a function of the JSON
+    alone (the level depends on the size only) and about a fifth of its size, so hashing it is cheaper."""
     zst = compress_repodata_zstd(body)
     etag = etag_of(zst, "json")
     return Encoded(body, etag, moment), Encoded(zst, etag.replace("-json", "-zst"), moment)
+
+
+def encode_subdir(parts: RepodataParts, subdir: str, moment: datetime) -> tuple[Encoded, Encoded]:
+    """repodata.json and .zst of ``parts``. A small subdir: one join, one zstd frame (``json_and_zst``).
+    A large one: the JSON stays a list of blocks and the .zst is one frame spliced from blocks each
+    compressed once (``zstd_splice``; blocks unchanged since an earlier encoding are reused); the ETag
+    hashes the pieces' digests, which depend on the JSON alone, so every worker gives the same JSON the
+    same ETag."""
+    chunks = served_json_chunks(parts, subdir)
+    if len(chunks) == 1:
+        return json_and_zst(chunks[0], moment)
+    pieces = parts.zst_pieces(subdir)
+    digest = hashlib.sha256(b"".join(piece.digest for piece in pieces)).hexdigest()[:40]
+    return (
+        Encoded.of_chunks(chunks, f'"{digest}-json"', moment),
+        Encoded.of_chunks(frame_of(pieces), f'"{digest}-zst"', moment),
+    )
+
+
+def served_json_chunks(parts: RepodataParts, subdir: str) -> list[bytes]:
+    """The repodata.json ``encode_subdir`` serves: one joined body, or a large subdir's spliced blocks."""
+    chunks = parts.json_chunks(subdir)
+    if spliced_zst(sum(map(len, chunks))):
+        return parts.json_chunks(subdir, spliced=True)
+    return [b"".join(chunks)]
 
 
 @dataclass
@@ -46,10 +99,10 @@ class SubdirSnapshot:
     subdir: str
     version: SubdirVersion
     upstream_version: UpstreamVersion
-    local_records: dict[str, bytes]
-    local_names: dict[str, str]
-    records: dict[str, bytes]
-    names: dict[str, str]
+    local_records: Mapping[str, bytes]
+    local_names: Mapping[str, str]
+    records: Mapping[str, bytes]  # dicts, or ``Layered`` ones: a change is laid over, never copied
+    names: Mapping[str, str]
     built_at: datetime
     json: Encoded
     zst: Encoded
@@ -63,7 +116,9 @@ class SubdirSnapshot:
     # Package names whose records changed since ``_previous_shards`` (None: unknown, compare them all).
     _changed_names: frozenset[str] | None = None
     _parts: RepodataParts | None = None  # the JSON's pieces, for the next incremental update
+    _previous_index: ShardIndexEntries | None = None  # ``_previous_shards``' index entries, if known
     _shards: dict[str, ShardEntry] | None = None
+    _index_entries: ShardIndexEntries | None = None  # ``_shards``' index entries, once known
     _shard_index: Encoded | None = None
     _shards_by_digest: dict[str, bytes] | None = None
     _bz2: Encoded | None = None
@@ -88,7 +143,7 @@ class SubdirSnapshot:
     def bz2(self) -> Encoded:
         with self._bz2_lock:
             if self._bz2 is None:
-                body = compress_bz2(self.json.body)
+                body = compress_bz2_chunks(self.json.chunks)
                 self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.built_at)
             return self._bz2
 
@@ -98,6 +153,18 @@ class SubdirSnapshot:
 
     def is_local(self, filename: str) -> bool:
         return filename in self.local_records
+
+    def built(self, kind: str) -> Encoded | None:
+        """The "json", "zst" or "bz2" encoding if it is built and whole already (the fast lane never
+        builds or joins anything: it leaves that, and large chunked bodies, to the route)."""
+        return self.built_json() if kind == "json" else self.built_zst() if kind == "zst" else self.built_bz2()
+
+    def built_json(self) -> Encoded | None:
+        """repodata.json if it is one piece of bytes already (the fast lane never joins anything)."""
+        return self.json if self.json.joined() else None
+
+    def built_zst(self) -> Encoded | None:
+        return self.zst if self.zst.joined() else None
 
     def built_bz2(self) -> Encoded | None:
         """bz2 if it is built already (the fast lane never builds anything)."""
@@ -126,9 +193,9 @@ class SubdirSnapshot:
         shards = self.shards()
         with self._lock:
             if self._shard_index is None:
-                index = encode_shard_index(
-                    self.subdir, {name: entry[1] for name, entry in shards.items()}, self.built_at
-                )
+                if self._index_entries is None:
+                    self._index_entries = ShardIndexEntries.of({name: entry[1] for name, entry in shards.items()})
+                index = self._index_entries.encode(self.subdir, self.built_at)
                 self._shard_index = Encoded(index, etag_of(index, "shards"), self.built_at)
             return self._shard_index
 
@@ -137,11 +204,14 @@ class SubdirSnapshot:
         previous = self._previous_shards or {}
         previous_by_digest = self._previous_by_digest
         changed = self._changed_names
-        self._previous_shards = self._previous_by_digest = self._changed_names = None
+        previous_index = self._previous_index
+        self._previous_shards = self._previous_by_digest = self._changed_names = self._previous_index = None
         by_name = self._grouped_by_name()
         if previous and previous_by_digest is not None and changed is not None:
             # Only these names' records changed: every other shard is the previous one.
             updated, by_digest = dict(previous), dict(previous_by_digest)
+            if previous_index is not None:
+                self._index_entries = previous_index.copy()
             for name in changed:
                 old = updated.pop(name, None)
                 if old is not None:
@@ -155,6 +225,8 @@ class SubdirSnapshot:
                     old = (key, digest, body)
                 updated[name] = old
                 by_digest[old[1].hex()] = old[2]
+            if self._index_entries is not None:
+                self._index_entries.update({name: updated[name][1] if name in updated else None for name in changed})
             return updated, by_digest
         shards: dict[str, ShardEntry] = {}
         for name, filenames in by_name.items():

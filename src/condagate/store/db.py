@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from condagate.errors import Conflict
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# PostgreSQL: every non-quiet write notifies this channel (store.pg_listener hears it on other hosts).
+CHANGES_CHANNEL = "condagate_changes"
 
 
 class WriteConflict(Conflict):
@@ -66,6 +68,8 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Called after every commit of ``write()`` (the host's change signal, see store.change_signal).
         self.on_commit: Callable[[], None] | None = None
+        # Other hosts' half of the signal: a NOTIFY in the transaction, delivered only once it commits.
+        self.notifies = self.engine.dialect.name == "postgresql"
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -80,6 +84,8 @@ class Database:
             session.connection(execution_options={"write": True})
             try:
                 yield session
+                if self.notifies and not quiet:
+                    session.execute(text(f"NOTIFY {CHANGES_CHANNEL}"))
                 session.commit()
                 if self.on_commit is not None and not quiet:
                     self.on_commit()

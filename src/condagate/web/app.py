@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from condagate import __version__
 from condagate.security.permissions import Permission
@@ -35,8 +36,9 @@ from condagate.web import (
     ui_sca,
     uploads,
 )
-from condagate.web.access_log import AccessLogMiddleware
+from condagate.web.access_log import AccessLogWriter
 from condagate.web.auth import requires
+from condagate.web.bookkeeping import Bookkeeping
 from condagate.web.errors import install_error_handlers
 from condagate.web.fast_lane import FastLane
 from condagate.web.guard import GuardMiddleware
@@ -64,11 +66,33 @@ async def _follow_security_changes(services: Services) -> None:
             log.exception("could not check the security revision; will retry")
 
 
+class CondagateApp(FastAPI):
+    """FastAPI with condagate's own front: every HTTP request passes the bookkeeping (access log,
+    metrics, security headers), the guard and the channel's fast lane, in that order, before the
+    framework's stack (its telemetry, error middleware, routing); what the fast lane answers never
+    reaches the framework."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            scope["app"] = self
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
+    access_log = AccessLogWriter()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await run_in_threadpool(Services.open, settings)
         app.state.services = services
+        access_log.start(services.access_log)
         background = [
             asyncio.create_task(_flush_periodically(services)),
             asyncio.create_task(_follow_security_changes(services)),
@@ -82,9 +106,10 @@ def create_app(settings: Settings) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await services.http_async.aclose()
+            await run_in_threadpool(access_log.close)  # the last lines and access-log entries
             await run_in_threadpool(services.close)
 
-    app = FastAPI(
+    app = CondagateApp(
         title="condagate",
         version=__version__,
         description="Self-hosted conda package repository: hosted and proxy conda feeds.",
@@ -125,11 +150,10 @@ def create_app(settings: Settings) -> FastAPI:
         # No inline script (the Content-Security-Policy forbids it): the start-up code is a static file.
         return HTMLResponse((HERE / "static" / "api-docs.html").read_text())
 
-    # The last one added runs first: the access log wraps the guard and sees its refusals too; the
-    # channel's fast lane runs right after the guard, with its principal.
-    app.add_middleware(FastLane)
-    app.add_middleware(GuardMiddleware)
-    app.add_middleware(AccessLogMiddleware)
+    # The bookkeeping wraps the guard and sees its refusals too; the channel's fast lane runs right
+    # after the guard, with its principal.
+    app.state.access_log = access_log
+    app.front = Bookkeeping(GuardMiddleware(FastLane(app.framework)), access_log)
     return app
 
 

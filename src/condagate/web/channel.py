@@ -9,9 +9,12 @@ answers 403 naming the advisory or license rule; a warned one is served with an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from condagate import telemetry
 from condagate.errors import NotFound, PackageNotFound
@@ -20,12 +23,15 @@ from condagate.services import channel, sca, sca_filter
 from condagate.services.context import Services
 from condagate.services.filtered_repodata import Served
 from condagate.services.proxy_download import open_upstream
+from condagate.services.subdir_snapshot import Encoded
 from condagate.web.auth import requires
 from condagate.web.responses import (
     IMMUTABLE_CACHE_CONTROL,
     REPODATA_CACHE_CONTROL,
     blob_response,
     encoded_response,
+    http_date,
+    is_not_modified,
     relayed_download,
     shard_response,
 )
@@ -46,6 +52,42 @@ _REPODATA_FILES = {
     "current_repodata.json.zst": ("zst", "application/zstd"),
     "current_repodata.json.bz2": ("bz2", "application/x-bzip2"),
 }
+
+
+# Repodata bodies below this size are joined once (in a worker thread) and then served whole, by the
+# fast lane too; larger ones (a big subdir's JSON blocks, a proxy feed's .zst frames) are sent as their
+# chunks and never joined: no second copy of hundreds of MB, no join on every change.
+JOIN_BELOW = 8 * 1024 * 1024
+
+
+class ChunksResponse(Response):
+    """A body sent as the chunks it is kept in (one ASGI message each), with its exact length."""
+
+    def __init__(self, chunks: Sequence[bytes], media_type: str, headers: dict[str, str], head: bool) -> None:
+        self._chunks = () if head else chunks
+        super().__init__(b"", media_type=media_type, headers={**headers, "content-length": str(sum(map(len, chunks)))})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self._chunks) - 1
+        for index, chunk in enumerate(self._chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
+        if last < 0:
+            await send({"type": "http.response.body", "body": b""})
+
+
+async def repodata_response(request: Request, encoded: Encoded, media_type: str) -> Response:
+    """``encoded_response`` for repodata that may be kept in chunks (``Encoded.of_chunks``)."""
+    if not encoded.joined() and encoded.size < JOIN_BELOW:
+        await run_in_threadpool(lambda: encoded.body)
+    if encoded.joined() or is_not_modified(request, encoded.etag, encoded.last_modified):
+        return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
+    headers = {
+        "etag": encoded.etag,
+        "last-modified": http_date(encoded.last_modified),
+        "cache-control": REPODATA_CACHE_CONTROL,
+    }
+    return ChunksResponse(encoded.chunks, media_type, headers, head=request.method == "HEAD")
 
 
 def _services(request: Request) -> Services:
@@ -143,7 +185,7 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         encoded = served.json if kind == "json" else served.zst if kind == "zst" else None
         if encoded is None:
             encoded = await run_in_threadpool(served.bz2)
-        response = encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
+        response = await repodata_response(request, encoded, media_type)
         return _with_stale_notice(request, response, located)
     try:
         found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)

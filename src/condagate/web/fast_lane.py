@@ -52,6 +52,7 @@ _SHARD_INDEX = "repodata_shards.msgpack.zst"
 _SHARD_SUFFIX = ".msgpack.zst"
 _PACKAGE_SUFFIXES = (".conda", ".tar.bz2")
 _METHODS = frozenset({"GET", "HEAD"})
+_BLOB_PATHS_KEPT = 10_000
 
 
 class FastLane:
@@ -59,6 +60,7 @@ class FastLane:
         self.app = app
         self._services: Services | None = None
         self._max_age: float | None = None
+        self._blob_paths: dict[str, Path] = {}  # sha256 -> its blob's path (files found by ready_file)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -107,7 +109,11 @@ class FastLane:
             if found is None or not _plain(services, found[0], subdir):
                 return False
             feed_ref, sha256 = found
-            path = services.blobs.local_path(sha256)
+            path = self._blob_paths.get(sha256)
+            if path is None:  # a Path costs more to make than the rest of the answer
+                if len(self._blob_paths) >= _BLOB_PATHS_KEPT:
+                    self._blob_paths.clear()
+                path = self._blob_paths[sha256] = services.blobs.local_path(sha256)
             try:
                 stat = os.stat(path)
             except OSError:
@@ -142,7 +148,7 @@ class FastLane:
             await send_encoded(scope, send, index, "application/zstd", REPODATA_CACHE_CONTROL)
         elif name in _REPODATA:
             kind, media_type = _REPODATA[name]
-            encoded = snapshot.json if kind == "json" else snapshot.zst if kind == "zst" else snapshot.built_bz2()
+            encoded = snapshot.built(kind)
             if encoded is None:
                 return False
             await send_encoded(scope, send, encoded, media_type, REPODATA_CACHE_CONTROL)

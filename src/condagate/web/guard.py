@@ -1,5 +1,6 @@
 """Every request passes here before any route reads its body: who is asking (credentials in every
-form clients send), how large and how slow a body may be, and the security headers of the answer.
+form clients send), and how large and how slow a body may be. (The security headers of the answer
+are added by ``web.bookkeeping``, around the guard, so that the guard's own refusals carry them too.)
 
 Credentials are resolved from the in-memory security snapshot (``services.access``): a key costs a
 sha256 and a dictionary lookup; a password is verified with argon2 once and then remembered for a
@@ -44,13 +45,8 @@ _TOKEN_PATH = re.compile(r"/t/([^/]*)(/|$)")
 # A user name in Basic auth that means "the password is an API key".
 _KEY_USERS = frozenset({"", "api", "token", "apikey", "api-key", "__token__", "x-api-key"})
 
-_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
-_ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
-_HTML_ONLY = [(b"content-security-policy", _CSP.encode()), (b"x-frame-options", b"DENY")]
+# The request headers that may carry credentials (one pass over the headers finds them all).
+_CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"x-apikey", b"authorization", b"cookie"})
 
 
 class BadCredentials(Exception):
@@ -97,25 +93,33 @@ class TrustedProxies:
 class GuardMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._proxies: TrustedProxies | None = None
+        # From the settings, on the first request (the services exist from the app's start-up on).
+        self._services: Services | None = None
+        self._proxies = TrustedProxies("")
+        self._always_https = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        services: Services = scope["app"].state.services
-        settings = services.settings
-        if self._proxies is None:
-            self._proxies = TrustedProxies(settings.trusted_proxies)
+        services = self._services
+        if services is None:
+            services = self._services = scope["app"].state.services
+            self._proxies = TrustedProxies(services.settings.trusted_proxies)
+            self._always_https = services.settings.public_url.startswith("https://")
         state = scope.setdefault("state", {})
         peer = (scope.get("client") or ("-", 0))[0]
         trusted_peer = bool(self._proxies) and self._proxies.trusts(peer)
-        state["client"] = self._proxies.client_of(peer, _header(scope, b"x-forwarded-for")) if trusted_peer else peer
+        if trusted_peer:
+            state["client"] = self._proxies.client_of(peer, _header(scope, b"x-forwarded-for"))
+            if (_header(scope, b"x-forwarded-proto") or "").lower() == "https":
+                scope["scheme"] = "https"
+        else:
+            state["client"] = peer
         state["via_proxy"] = trusted_peer
-        if trusted_peer and (_header(scope, b"x-forwarded-proto") or "").lower() == "https" or settings.public_url.startswith("https://"):
+        if self._always_https:
             scope["scheme"] = "https"
-        send = _with_security_headers(send)
-        method, path = scope["method"], scope["path"]
+        method = scope["method"]
 
         try:
             principal = await self._authenticate(services, scope, state["client"])
@@ -133,6 +137,8 @@ class GuardMiddleware:
         if method in _SAFE_METHODS:
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        settings = services.settings
         if not _may_write_somewhere(principal) and not _READ_ONLY_WRITES.fullmatch(path):
             # Before a single byte of the body is read: a body from a caller who may change nothing
             # (anonymous, a read-only key) costs nothing.
@@ -158,40 +164,49 @@ class GuardMiddleware:
 
     async def _authenticate(self, services: Services, scope: Scope, client: str) -> Principal:
         access = services.access
-        key, user, password = _presented(scope)
+        found = _credential_headers(scope)
+        key, user, password = _presented(scope, found)
         if key is None and user is None:
-            cookie = _cookie(scope, SESSION_COOKIE)
+            cookie = _cookie(found.get(b"cookie"), SESSION_COOKIE)
             if cookie:
-                found = await run_in_threadpool(principal_for_session, services, cookie)
-                if found is not None:
-                    return found
+                found_session = await run_in_threadpool(principal_for_session, services, cookie)
+                if found_session is not None:
+                    return found_session
             return access.anonymous
-        # Counted before the check, taken back on success: concurrent guesses cannot slip past the limit.
-        limits = [(services.failed_logins, client)]
-        if user is not None and user.lower() not in _KEY_USERS:
-            limits.append((services.failed_user_logins, "user:" + user.lower()))
+        if key is not None or (user or "").lower() in _KEY_USERS:
+            return self._key_principal(services, key if key is not None else password or "", client)
+        assert user is not None and password is not None
+        # Counted before the check, taken back on success: concurrent guesses (the check runs in a
+        # thread) cannot slip past the limits.
+        limits = [(services.failed_logins, client), (services.failed_user_logins, "user:" + user.lower())]
         for limiter, subject in limits:
             wait = limiter.attempt(subject)
             if wait:
                 raise _TooManyFailures(wait)
-        if key is not None:
-            principal = access.principal_for_key(key)
-        else:
-            assert user is not None and password is not None
-            principal = access.principal_for_key(password) if user.lower() in _KEY_USERS else None
-            if principal is None and user.lower() not in _KEY_USERS:
-                principal = access.cached_password_principal(user, password) or await run_in_threadpool(
-                    access.principal_for_password, user, password
-                )
-        if principal is not None:
-            for limiter, subject in limits:
-                limiter.forgive(subject)
-        else:
-            raise BadCredentials(
-                "the API key is not valid (revoked, expired or mistyped)"
-                if key is not None or (user or "").lower() in _KEY_USERS
-                else "the user name or password is wrong"
-            )
+        principal = access.cached_password_principal(user, password) or await run_in_threadpool(
+            access.principal_for_password, user, password
+        )
+        if principal is None:
+            raise BadCredentials("the user name or password is wrong")
+        for limiter, subject in limits:
+            limiter.forgive(subject)
+        return principal
+
+    @staticmethod
+    def _key_principal(services: Services, key: str, client: str) -> Principal:
+        """A key is checked without a pause (a hash and a lookup, no await): an address over its limit
+        is refused first, a wrong key is then counted (``attempt``: 429 instead of 401 if that reaches
+        the limit), and a right one costs the limiter one look, with no count to take back."""
+        limiter = services.failed_logins
+        wait = limiter.blocked_for(client)
+        if wait:
+            raise _TooManyFailures(wait)
+        principal = services.access.principal_for_key(key)
+        if principal is None:
+            wait = limiter.attempt(client)
+            if wait:
+                raise _TooManyFailures(wait)
+            raise BadCredentials("the API key is not valid (revoked, expired or mistyped)")
         return principal
 
 
@@ -207,13 +222,23 @@ def _may_write_somewhere(principal: Principal) -> bool:
     return bool(granted - {Permission.VIEW})
 
 
-def _presented(scope: Scope) -> tuple[str | None, str | None, str | None]:
+def _credential_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The first value of each header that may carry credentials, by (lower-case) name."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _CREDENTIAL_HEADERS and name not in found:
+            found[name] = value
+    return found
+
+
+def _presented(scope: Scope, found: dict[bytes, bytes]) -> tuple[str | None, str | None, str | None]:
     """(key, user, password) from X-API-Key / X-ApiKey, Bearer, Basic, or a ``/t/KEY/`` path."""
     for name in (b"x-api-key", b"x-apikey"):
-        value = _header(scope, name)
-        if value:
-            return _bounded(value.strip()), None, None
-    authorization = _header(scope, b"authorization")
+        raw = found.get(name)
+        if raw:
+            return _bounded(bytes(raw).decode("latin-1").strip()), None, None
+    raw = found.get(b"authorization")
+    authorization = bytes(raw).decode("latin-1") if raw else None
     if authorization:
         scheme, _, value = authorization.strip().partition(" ")
         value = value.strip()
@@ -242,29 +267,14 @@ def _bounded(value: str) -> str:
     return value
 
 
-def _cookie(scope: Scope, name: str) -> str | None:
-    raw = _header(scope, b"cookie")
+def _cookie(raw: bytes | None, name: str) -> str | None:
     if not raw:
         return None
-    for part in raw.split(";"):
+    for part in bytes(raw).decode("latin-1").split(";"):
         key, _, value = part.strip().partition("=")
         if key == name and value:
             return value[:200]
     return None
-
-
-def _with_security_headers(send: Send) -> Send:
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", []))
-            headers.extend(_ALWAYS)
-            content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-            if content_type.startswith(b"text/html"):
-                headers.extend(_HTML_ONLY)
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return wrapped
 
 
 async def _answer(send: Send, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:

@@ -17,6 +17,7 @@ from starlette.types import Scope, Send
 from condagate.errors import CondagateError
 from condagate.services.subdir_snapshot import Encoded
 from condagate.settings import Settings
+from condagate.web.security_headers import secured
 
 log = logging.getLogger(__name__)
 _RawHeaders = list[tuple[bytes, bytes]]
@@ -90,7 +91,8 @@ _ENCODED_HEADERS: WeakKeyDictionary[Encoded, dict[tuple[str, str], tuple[_RawHea
 
 
 async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: str, cache_control: str) -> None:
-    """``encoded_response``'s answer (GET, HEAD, 304), header for header, sent without a Response."""
+    """``encoded_response``'s answer (GET, HEAD, 304), header for header, sent without a Response (the
+    security headers included, as ``web.bookkeeping`` would add them)."""
     by_kind = _ENCODED_HEADERS.get(encoded)
     if by_kind is None:
         by_kind = _ENCODED_HEADERS[encoded] = {}
@@ -102,7 +104,7 @@ async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: s
             (b"cache-control", cache_control.encode("latin-1")),
         ]
         full = [*common, (b"content-length", str(len(encoded.body)).encode()), (b"content-type", media_type.encode())]
-        found = by_kind[(media_type, cache_control)] = (common, full)
+        found = by_kind[(media_type, cache_control)] = (secured(common), secured(full))
     if not_modified(*_conditions(scope), encoded.etag, encoded.last_modified):
         await send({"type": "http.response.start", "status": 304, "headers": list(found[0])})
         await send({"type": "http.response.body", "body": b""})
@@ -114,16 +116,27 @@ async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: s
 _IMMUTABLE = (b"cache-control", IMMUTABLE_CACHE_CONTROL.encode())
 
 
+# A shard's answers' headers (304; GET and HEAD) by its digest: a shard never changes.
+_SHARD_HEADERS: dict[str, tuple[str, _RawHeaders, _RawHeaders]] = {}
+
+
 async def send_shard(scope: Scope, send: Send, digest_hex: str, body: bytes) -> None:
-    """``shard_response``'s answer (GET, HEAD, 304), header for header, sent without a Response."""
-    etag = f'"{digest_hex}"'
-    headers = [(b"etag", etag.encode("latin-1")), _IMMUTABLE]
+    """``shard_response``'s answer (GET, HEAD, 304), header for header, sent without a Response (the
+    security headers included)."""
+    found = _SHARD_HEADERS.get(digest_hex)
+    if found is None:
+        etag = f'"{digest_hex}"'
+        raw_304 = [(b"etag", etag.encode("latin-1")), _IMMUTABLE]
+        raw_200 = [*raw_304, (b"content-length", str(len(body)).encode()), (b"content-type", b"application/zstd")]
+        if len(_SHARD_HEADERS) > 10_000:  # a bound, not a policy
+            _SHARD_HEADERS.clear()
+        found = _SHARD_HEADERS[digest_hex] = (etag, secured(raw_304), secured(raw_200))
+    etag, raw_304, raw_200 = found
     if not_modified(*_conditions(scope), etag, None):
-        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.start", "status": 304, "headers": list(raw_304)})
         await send({"type": "http.response.body", "body": b""})
         return
-    headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/zstd")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.start", "status": 200, "headers": list(raw_200)})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
@@ -231,7 +244,7 @@ async def send_whole_blob(
             raw_200 = [*raw_304, _OCTET_STREAM, _ACCEPT_RANGES, (b"content-length", str(stat.st_size).encode())]
         if len(_BLOB_HEADERS) > 10_000:  # a bound, not a policy
             _BLOB_HEADERS.clear()
-        found = _BLOB_HEADERS[key] = (path, str(path), etag, last_modified, raw_304, raw_200)
+        found = _BLOB_HEADERS[key] = (path, str(path), etag, last_modified, secured(raw_304), secured(raw_200))
     _, path_text, etag, last_modified, raw_304, raw_200 = found
     if not_modified(*_conditions(scope), etag, last_modified):
         await send({"type": "http.response.start", "status": 304, "headers": list(raw_304)})
@@ -249,16 +262,6 @@ async def send_whole_blob(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     else:
         await send({"type": _PATHSEND, "path": path_text})
-    return 200
-    if not head and _PATHSEND not in scope.get("extensions", {}):
-        return None
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    raw += [_OCTET_STREAM, _ACCEPT_RANGES, (b"content-length", str(stat.st_size).encode("latin-1"))]
-    await send({"type": "http.response.start", "status": 200, "headers": raw})
-    if head:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    else:
-        await send({"type": _PATHSEND, "path": str(path)})
     return 200
 
 

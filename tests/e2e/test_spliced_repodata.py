@@ -1,0 +1,225 @@
+"""A large subdir's repodata.json.zst is one zstd frame spliced from blocks compressed one by one (so
+that a change re-compresses one block; ``conda.zstd_splice``): every client reads all of it, and the
+JSON is the same bytes. CONDAGATE_REPODATA_FRAME_BYTES=1 makes each record its own block, so small
+feeds take the large-subdir path."""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from condagate.conda.zstd_splice import SEPARATOR
+from condagate.upstream.repodata_fetch import decompress_zstd
+
+from conftest import upload
+from rattler_client import query, solve_and_install
+from servers import Server, start_server
+from upstream_channel import UpstreamChannel
+
+FRAMED = {"CONDAGATE_REPODATA_FRAME_BYTES": "1"}
+
+
+@pytest.fixture(scope="module")
+def framed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("framed") / "data", extra_env=FRAMED)
+    yield server
+    server.stop()
+
+
+def new_feed(server: Server, connectors: list[str] | None = None) -> str:
+    name = "feed-" + uuid.uuid4().hex[:10]
+    with server.admin() as client:
+        response = client.post("/api/feeds", json={"name": name, "connectors": connectors or []})
+        assert response.status_code == 201, response.text
+    return name
+
+
+def new_proxy_feed(server: Server, url: str) -> str:
+    connector = "up-" + uuid.uuid4().hex[:8]
+    with server.admin() as client:
+        assert client.post("/api/connectors", json={"name": connector, "url": url}).status_code == 201
+    return new_feed(server, [connector])
+
+
+def frames_in(data: bytes) -> int:
+    count = 0
+    while data:
+        reader = zstandard.ZstdDecompressor().decompressobj()
+        reader.decompress(data)
+        data = reader.unused_data
+        count += 1
+    return count
+
+
+def conda_decodes(data: bytes) -> bytes:
+    """As conda reads a .zst (conda/gateways/repodata/zstd.py): through ``stream_writer``."""
+    out = io.BytesIO()
+    with zstandard.ZstdDecompressor().stream_writer(out, closefd=False) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
+def test_every_decoder_reads_the_spliced_frame_and_the_variants_agree(framed: Server, make_package):
+    feed = new_feed(framed)
+    files = [make_package(extension=".conda" if i % 2 else ".tar.bz2") for i in range(5)]
+    for path in files:
+        assert upload(framed, feed, path).status_code == 201
+    base = f"/conda/{feed}/noarch/"
+    with framed.client() as client:
+        variants = ("repodata.json", "repodata.json.zst", "repodata.json.bz2")
+        plain, zst, bz = (client.get(base + name) for name in variants)
+        assert plain.status_code == zst.status_code == bz.status_code == 200
+        listed = plain.json()
+        assert {*listed["packages"], *listed["packages.conda"]} == {path.name for path in files}
+        assert frames_in(zst.content) == 1  # rattler reads the first frame only
+        assert plain.content.count(SEPARATOR) == len(files) + 2  # after the head, each record, the middle
+        assert conda_decodes(zst.content) == plain.content
+        assert zstandard.ZstdDecompressor().decompress(zst.content) == plain.content
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(zst.content), read_across_frames=True)
+        assert reader.read() == plain.content
+        assert decompress_zstd(zst.content) == plain.content  # condagate's own upstream reader
+        assert bz2.decompress(bz.content) == plain.content
+        for response in (plain, zst):
+            head = client.head(base + response.url.path.rsplit("/", 1)[1])
+            assert head.status_code == 200 and head.content == b""
+            assert int(head.headers["content-length"]) == len(response.content)
+            assert head.headers["etag"] == response.headers["etag"]
+            again = client.get(response.url.path, headers={"If-None-Match": response.headers["etag"]})
+            assert again.status_code == 304 and again.content == b""
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command-line tool is not installed")
+def test_the_zstd_command_line_tool_reads_the_spliced_frame(framed: Server, make_package):
+    feed = new_feed(framed)
+    for _ in range(3):
+        assert upload(framed, feed, make_package()).status_code == 201
+    with framed.client() as client:
+        plain = client.get(f"/conda/{feed}/noarch/repodata.json").content
+        zst = client.get(f"/conda/{feed}/noarch/repodata.json.zst").content
+    assert SEPARATOR in plain
+    decoded = subprocess.run(["zstd", "-d", "-c", "-q"], input=zst, capture_output=True, check=True).stdout
+    assert decoded == plain
+
+
+def test_a_change_and_a_restart_give_the_bytes_and_etag_of_a_cold_build(tmp_path: Path, make_package):
+    """Frames are cut where the records say, not where the history of changes left them: the server
+    that took the uploads one by one and a fresh one building from the database serve the same .zst."""
+    server = start_server(tmp_path / "data", extra_env=FRAMED)
+    try:
+        feed = new_feed(server)
+        for _ in range(4):
+            assert upload(server, feed, make_package()).status_code == 201
+        with server.client() as client:
+            first = client.get(f"/conda/{feed}/noarch/repodata.json.zst")
+            added = make_package(extension=".tar.bz2")
+            assert upload(server, feed, added).status_code == 201
+            second = client.get(f"/conda/{feed}/noarch/repodata.json.zst")
+            plain = client.get(f"/conda/{feed}/noarch/repodata.json")
+        assert second.headers["etag"] != first.headers["etag"]
+        assert added.name in conda_decodes(second.content).decode()
+        assert conda_decodes(second.content) == plain.content
+    finally:
+        server.stop()
+    again = start_server(server.data_dir, extra_env=FRAMED)
+    try:
+        with again.client() as client:
+            cold = client.get(f"/conda/{feed}/noarch/repodata.json.zst")
+            cold_plain = client.get(f"/conda/{feed}/noarch/repodata.json")
+        assert cold.content == second.content and cold.headers["etag"] == second.headers["etag"]
+        assert cold_plain.content == plain.content and cold_plain.headers["etag"] == plain.headers["etag"]
+    finally:
+        again.stop()
+
+
+def test_rattler_solves_and_condagate_proxies_spliced_repodata(
+    framed: Server, server: Server, upstream: UpstreamChannel, make_package, tmp_path: Path
+):
+    feed = new_proxy_feed(framed, upstream.url)
+    local = make_package("localtool", version="1.0", subdir="linux-64")
+    assert upload(framed, feed, local).status_code == 201  # laid over the upstream's records
+    channel = f"{framed.url}/conda/{feed}"
+    with framed.client() as client:
+        zst = client.get(f"/conda/{feed}/linux-64/repodata.json.zst").content
+    assert frames_in(zst) == 1 and SEPARATOR in conda_decodes(zst)
+    installed = solve_and_install(channel, ["numpy", "localtool"], tmp_path / "env")
+    assert installed == ["localtool=1.0=0", "numpy=2.0.0=py311h0_0", "python=3.11.9=h0_0"]
+    records = query(channel, ["numpy", "localtool"])
+    assert query(channel, ["numpy", "localtool"], sharded=True) == records
+    # condagate proxying condagate: the second server reads the first one's spliced .zst.
+    proxied = new_proxy_feed(server, channel)
+    assert query(f"{server.url}/conda/{proxied}", ["numpy", "localtool"]) == records
+
+
+def large_repodata(records: int) -> bytes:
+    """A conda-forge-like linux-64 repodata of ``records`` records (the package files do not exist)."""
+    packages = {}
+    for i in range(records):
+        name = f"lib{i % 3000}"
+        record = {
+            "build": f"h{i:08x}_0",
+            "build_number": 0,
+            "depends": [f"lib{(i * 7) % 3000} >=1.{i % 9}", "libgcc-ng >=12", "python >=3.9,<3.13.0a0"],
+            "license": "MIT",
+            "md5": f"{i:032x}",
+            "name": name,
+            "sha256": f"{i:064x}",
+            "size": 1000 + i,
+            "subdir": "linux-64",
+            "timestamp": 1_700_000_000_000 + i,
+            "version": f"1.{i // 3000}",
+        }
+        packages[f"{name}-1.{i // 3000}-h{i:08x}_0.conda"] = record
+    document = {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": packages, "repodata_version": 1}
+    return json.dumps(document).encode()
+
+
+def test_a_large_proxied_subdir_is_spliced_sent_in_chunks_and_survives_changes(
+    tmp_path: Path, upstream: UpstreamChannel, make_package
+):
+    """Past 4 MiB of JSON, the default path: blocks spliced into one frame, the JSON sent as its blocks."""
+    body = large_repodata(40_000)  # ~13 MB of JSON: spliced, and past the size from which it is never joined
+    (upstream.root / "linux-64").mkdir(parents=True, exist_ok=True)
+    (upstream.root / "linux-64" / "repodata.json").write_bytes(body)
+    (upstream.root / "linux-64" / "repodata.json.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+    server = start_server(tmp_path / "data")
+    try:
+        feed = new_proxy_feed(server, upstream.url)
+        base = f"/conda/{feed}/linux-64/"
+        with server.client() as client:
+            plain = client.get(base + "repodata.json")
+            zst = client.get(base + "repodata.json.zst")
+            assert plain.status_code == zst.status_code == 200
+            assert json.loads(plain.content)["packages.conda"] == json.loads(body)["packages.conda"]
+            assert SEPARATOR in plain.content and frames_in(zst.content) == 1
+            assert conda_decodes(zst.content) == plain.content
+            head = client.head(base + "repodata.json")
+            assert int(head.headers["content-length"]) == len(plain.content) and head.content == b""
+            assert head.headers["etag"] == plain.headers["etag"]
+            unchanged = client.get(base + "repodata.json", headers={"If-None-Match": plain.headers["etag"]})
+            assert unchanged.status_code == 304
+            added = make_package("localextra", subdir="linux-64")
+            assert upload(server, feed, added).status_code == 201
+            after = client.get(base + "repodata.json.zst")
+            assert after.headers["etag"] != zst.headers["etag"]
+            assert added.name in json.loads(conda_decodes(after.content))["packages.conda"]
+            assert conda_decodes(after.content) == client.get(base + "repodata.json").content
+        found = set(query(f"{server.url}/conda/{feed}", ["localextra", "lib7"]))  # and their dependencies
+        assert {"localextra=1.0=0", *(f"lib7=1.{k}=h{7 + 3000 * k:08x}_0" for k in range(14))} <= found
+    finally:
+        server.stop()
+    again = start_server(server.data_dir)  # a cold build from the kept upstream copy and the database
+    try:
+        with again.client() as client:
+            cold = client.get(base + "repodata.json.zst")
+        assert cold.content == after.content and cold.headers["etag"] == after.headers["etag"]
+    finally:
+        again.stop()
