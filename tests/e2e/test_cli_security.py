@@ -291,6 +291,30 @@ def test_a_feed_key_from_the_cli_works_on_its_feed_only_until_revoked(locked: Lo
     assert next(k for k in ok_json(server, "apikey", "list") if k["id"] == entry["id"])["status"] == "revoked"
 
 
+def test_identical_requests_with_a_key_are_one_access_log_row_with_their_count(locked: Locked) -> None:
+    server, feed = locked.server, locked.feed
+    created = ok_json(server, "apikey", "create", "--feed", feed)
+    for _ in range(20):  # a CI job revalidating: one row per flush of the log, not one per request
+        assert locked.get(f"/conda/{feed}/{REPODATA}", auth=("api", created["key"])).status_code == 200
+    assert locked.get(f"/conda/{feed}/nothing-here.conda", auth=("api", created["key"])).status_code == 404
+
+    def logged() -> list[dict[str, Any]]:
+        return ok_json(server, "apikey", "log", str(created["id"]))
+
+    deadline = datetime.now(UTC) + timedelta(seconds=20)
+    log = logged()
+    while sum(e["count"] for e in log) < 21 and datetime.now(UTC) < deadline:
+        log = logged()
+    rows = [e for e in log if e["path"] == f"/conda/{feed}/{REPODATA}"]
+    assert sum(e["count"] for e in rows) == 20 and all(e["status"] == 200 for e in rows)
+    assert len(rows) < 20  # one row per flush of the log (every 0.2 s here) that saw any of them
+    assert all(datetime.fromisoformat(e["first_at"]) <= datetime.fromisoformat(e["at"]) for e in rows)
+    missing = [e for e in log if e["status"] == 404]
+    assert [e["count"] for e in missing] == [1] and missing[0]["first_at"] == missing[0]["at"]
+    table = ok(server, "apikey", "log", str(created["id"]))
+    assert "requests" in table and all(str(e["count"]) in table for e in rows)
+
+
 def test_a_key_created_with_json_on_two_feeds_with_an_expiry(locked: Locked) -> None:
     server, feed, other = locked.server, locked.feed, locked.other_feed
     created = ok_json(server, "apikey", "create", "--feed", feed, "--feed", other, "--expires", "2099-01-31")

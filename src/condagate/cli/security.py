@@ -373,9 +373,14 @@ def apikey_log(
     if json_output:
         print_json(entries)
         return
-    table = Table("at", "client", "method", "path", "status")
+    table = Table("at", "client", "method", "path", "status", "requests")
     for entry in entries:
         table.add_row(
-            short_time(entry["at"], length=19), entry["client"], entry["method"], entry["path"], str(entry["status"])
+            short_time(entry["at"], length=19),
+            entry["client"],
+            entry["method"],
+            entry["path"],
+            str(entry["status"]),
+            str(entry.get("count", 1)),
         )
     out.print(table)

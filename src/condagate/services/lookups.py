@@ -71,8 +71,7 @@ class RecentLookups:
         return found[0], found[1]
 
     def _too_old(self, remembered_at: float, max_age: float | None) -> bool:
-        """``max_age``: the caller's bound, used only without a signal (``web.fast_lane`` still passes
-        the fixed 0.1 s it used before the signal knew better)."""
+        """``max_age``: the caller's bound, used only without a signal (unit tests); with one, the signal's."""
         bound = max_age if self._changes is None else self._changes.max_age()
         return bound is not None and time.monotonic() - remembered_at > bound
 

@@ -267,4 +267,6 @@ def _entry_json(entry: Any) -> dict[str, Any]:
         "method": entry.method,
         "path": entry.path,
         "status": entry.status,
+        "count": entry.request_count,  # identical requests written together (between first_at and at)
+        "first_at": (entry.first_at or entry.at).isoformat(),
     }

@@ -4,11 +4,12 @@ guard, without routing, dependency injection, thread-pool hops or a database rou
 It serves what the channel routes (``web.channel``) last resolved for a feed subdir
 (``services.lookups.ready_subdir``), or for one package file a download through the route last
 located (``services.lookups.ready_file``), while the host's change signal (``store.change_signal``)
-has not moved since; with PostgreSQL, where other hosts write too, at most ``POSTGRES_MAX_AGE``
-seconds after that resolution. The decision is the route's own: ``authorize(principal, VIEW, FEED,
-feed)``, the same answers header for header (``web.responses``: ``send_encoded``, ``send_shard``,
-``send_whole_blob``, sent as raw ASGI messages; a whole package file with the server's ``pathsend``
-extension, or Starlette's ``FileResponse`` on a server without it), the same download counting.
+has not moved since (with PostgreSQL, where other hosts write too, the signal also counts their
+commits as its listener hears them, and bounds how long an entry is trusted while it cannot vouch).
+The decision is the route's own: ``authorize(principal, VIEW, FEED, feed)``, the same answers header
+for header (``web.responses``: ``send_encoded``, ``send_shard``, ``send_whole_blob``, sent as raw ASGI
+messages; a whole package file with the server's ``pathsend`` extension, or Starlette's
+``FileResponse`` on a server without it), the same download counting.
 Anything else falls through to the routes unchanged, which then refresh what this lane serves: other
 methods, query strings (``mirror=1``), Range, ``/t/TOKEN/`` paths, feeds with connectors (proxy feeds:
 pending or stale upstreams) or an SCA policy (filtering, warnings, blocked downloads), a refused caller
@@ -37,9 +38,6 @@ from condagate.web.responses import (
     send_whole_blob,
 )
 
-# With PostgreSQL other hosts may write: what this process resolved is trusted this long at most.
-POSTGRES_MAX_AGE = 0.1
-
 _REPODATA = {
     "repodata.json": ("json", "application/json"),
     "repodata.json.zst": ("zst", "application/zstd"),
@@ -59,7 +57,6 @@ class FastLane:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._services: Services | None = None
-        self._max_age: float | None = None
         self._blob_paths: dict[str, Path] = {}  # sha256 -> its blob's path (files found by ready_file)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,8 +71,6 @@ class FastLane:
         services = self._services
         if services is None:
             services = self._services = scope["app"].state.services
-            if not services.db.url.startswith("sqlite"):
-                self._max_age = POSTGRES_MAX_AGE
         if services.settings.fast_lane == "off" or not await self._answer(services, scope, receive, send):
             await self.app(scope, receive, send)
 
@@ -98,14 +93,14 @@ class FastLane:
         except CondagateError:
             return False  # the route answers the refusal (401, or 404 like a missing feed)
         mark = services.changes.value()
-        ready = services.lookups.ready_subdir(feed, subdir, mark, self._max_age)
+        ready = services.lookups.ready_subdir(feed, subdir, mark)
         package = len(parts) == 5 and name.endswith(_PACKAGE_SUFFIXES)
         if ready is None:
             if not package:
                 return False
             # Not resolved by a repodata request since the last change: a download through the route
             # may have located this very file (services.channel._locate_package).
-            found = services.lookups.ready_file(feed, subdir, name, mark, self._max_age)
+            found = services.lookups.ready_file(feed, subdir, name, mark)
             if found is None or not _plain(services, found[0], subdir):
                 return False
             feed_ref, sha256 = found
