@@ -2,7 +2,9 @@
 nginx serving the same bytes, in one run.
 
 Resources: ``repodata.json.zst`` of an N-record subdir (200, and 304 with ``If-None-Match``), one
-shard (CEP 16), and a ~1 MB package file; condagate anonymously and with a feed API key. Baselines:
+shard (CEP 16), and a ~1 MB package file; condagate anonymously and with a feed API key. With
+``--in-process``, also a proxy feed's ``repodata.json.zst`` (200 and 304; an N-record upstream served
+by nginx, cache lifetime 30 minutes). Baselines:
 ``bench/bare_granian_app.py`` (granian, 1 worker, no framework: start + body, ``pathsend`` for the
 package) and nginx (1 worker, sendfile) serving the same bytes. Every server runs on core 0, wrk
 (``-t1 -c64``) on core 1 (``taskset``). Server CPU = utime + stime from ``/proc/PID/stat`` of the
@@ -48,9 +50,11 @@ import msgpack
 import zstandard
 
 import common
+import proxy
 from serve_http import start_nginx, stop
 
 FEED = "bench"
+PROXY_FEED = "bench-proxy"
 SUBDIR = "linux-64"
 BENCH = Path(__file__).resolve().parent
 
@@ -283,12 +287,22 @@ def in_process(records: int, requests: int, profile: str | None, keep: bool) -> 
         generated = common.generate_packages(workdir / "packages", records, (SUBDIR,))
         big = common.generate_one(workdir / "big", "bench-big", "noarch", ".conda",
                                   {"share/bench-big/payload.bin": os.urandom(1_000_000)})
+        # A proxy feed's upstream: nginx on the client's core, up while the app runs in-process too.
+        upstream_body, _ = proxy.big_repodata(records, max(1, records // 10))
+        www = workdir / "upstream" / "www"
+        proxy.write_repodata(www / SUBDIR, upstream_body)
+        proxy.write_repodata(www / "noarch", proxy.noarch_repodata([]))  # what adding a connector checks
+        for path in [workdir, workdir / "upstream", www, *www.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)  # nginx's worker runs as nobody and must read them
+        upstream, upstream_url = start_nginx(workdir / "upstream", common.CLIENT_CORE)
         server = common.start_condagate(workdir / "condagate")
         try:
             common.create_feed(server, FEED)
             common.upload_all(server, FEED, [g.path for g in generated])
             common.upload_all(server, FEED, [big])
+            proxy.create_proxy_feed(server, PROXY_FEED, "bench-upstream", upstream_url)
             base = f"/conda/{FEED}/{SUBDIR}/"
+            proxied = f"/conda/{PROXY_FEED}/{SUBDIR}/repodata.json.zst"
             with server.client() as client:
                 shard = base + _first_shard(client.get(base + "repodata_shards.msgpack.zst").content)
                 etag = client.get(base + "repodata.json.zst").headers["etag"]
@@ -307,17 +321,24 @@ def in_process(records: int, requests: int, profile: str | None, keep: bool) -> 
             "shard": [shard, []],
             "package (1 MB)": [package, []],
             "package (1 MB), API key": [package, [["x-api-key", key]]],
+            # The ETag is taken in the measuring process: its merge of the upstream is its own.
+            "proxy repodata.json.zst": [proxied, []],
+            "proxy repodata.json.zst 304": [proxied, [["if-none-match", "ETAG OF " + proxied]]],
         }
         spec = {"requests": requests, "profile": profile, "cases": cases, "log": str(workdir / "in-process.log"),
-                "warm": [f"/conda/{FEED}/noarch/repodata.json"]}
+                "warm": [f"/conda/{FEED}/noarch/repodata.json", proxied]}
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONDAGATE_")}
         env.update({"CONDAGATE_DATA_DIR": str(workdir / "condagate"), "CONDAGATE_DOWNLOAD_FLUSH_SECONDS": "2",
                     "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")})
         (workdir / "metrics").mkdir()
         command = [*common.pinned(common.SERVER_CORE), sys.executable, str(Path(__file__).resolve()), "--measure",
                    json.dumps(spec)]
-        if subprocess.run(command, env=env, check=False).returncode != 0:
-            raise RuntimeError(f"the in-process run failed:\n{Path(spec['log']).read_text(errors='replace')[-3000:]}")
+        try:
+            if subprocess.run(command, env=env, check=False).returncode != 0:
+                log_tail = Path(spec["log"]).read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the in-process run failed:\n{log_tail}")
+        finally:
+            stop(upstream)
     finally:
         if keep:
             print(f"[hot_path] kept {workdir}", file=sys.stderr)
@@ -348,9 +369,12 @@ def _measure(spec: dict[str, Any]) -> None:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
+        etags: dict[str, str] = {}
+
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 statuses.add(message["status"])
+                etags["last"] = dict(message["headers"]).get(b"etag", b"").decode()
 
         async def call(path: str, headers: list[list[str]]) -> None:
             await app({"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
@@ -369,6 +393,18 @@ def _measure(spec: dict[str, Any]) -> None:
 
         for path in spec["warm"]:
             await call(path, [])
+            for _ in range(100):  # a proxy feed's first request starts the upstream fetch and waits a bounded time
+                if statuses == {200}:
+                    break
+                statuses.clear()
+                await asyncio.sleep(0.1)
+                await call(path, [])
+            statuses.clear()
+        for path, headers in spec["cases"].values():
+            for header in headers:
+                if header[1] == "ETAG OF " + path:
+                    await call(path, [])
+                    header[1] = etags["last"]
         print(f"{'resource':32} µs CPU / request  (in-process, {spec['requests']:,} requests each)")
         for name, (path, headers) in spec["cases"].items():
             for _ in range(500):

@@ -5,17 +5,24 @@ bytes (msgspec ``Raw``), keyed by file name, once ``record_checks`` has passed i
 trusted: a record that would break the subdir for clients is dropped and counted; only a document
 that is not repodata at all is refused. A cheap scan bounds the document's nesting before msgspec
 (which recurses) sees it; a document msgspec cannot take whole is cut into records by ``_Scanner``.
+A document condagate checked before (its kept copy, after a restart) is read again by
+``reload_checked_repodata`` without the per-record checks, bar the records they did not pass as they were.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import msgspec
 
+from condagate.conda import record_checks, subdirs
 from condagate.conda.filters import NameFilter
 from condagate.conda.record_checks import MAX_DEPTH, RecordRejected, check_bounded_record, nests_at_most, shown
 from condagate.errors import BadRequest
@@ -50,6 +57,9 @@ class UpstreamRecords:
     records: dict[str, tuple[str, bytes]]
     dropped: int = 0
     drop_reasons: tuple[tuple[str, str], ...] = ()  # (file name made safe to show, reason), the first few
+    # The file names whose records were dropped or rewritten (every other record is served as it was
+    # written); None for a document read by the scanner, which ``reload_checked_repodata`` cannot take.
+    not_as_written: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,24 +87,81 @@ def parse_upstream_repodata(
         groups = (document.packages, document.packages_conda)
         entries = ((filename, raw, "") for group in groups for filename, raw in group.items())
     checked = checked or {}
+    allows = None if name_filter is None or name_filter.is_open else name_filter.allows
     records: dict[str, tuple[str, bytes]] = {}
     dropped: list[tuple[str, str]] = []
+    not_as_written: set[str] = set()
     for filename, raw, problem in entries:
         record = bytes(raw)
         known = checked.get(filename)
         if known is not None and known[1] == record and not problem:
-            name, record = known
+            name, served = known
         else:
             try:
                 if problem:
                     raise RecordRejected(problem)
-                name, record = check_bounded_record(filename, record)  # the document's nesting is bounded
+                name, served = check_bounded_record(filename, record)  # the document's nesting is bounded
             except RecordRejected as exc:
                 dropped.append((shown(filename), exc.reason))
+                not_as_written.add(filename)
                 continue
-        if name_filter is None or name_filter.allows(name):
-            records[filename] = (name, record)
-    return UpstreamRecords(subdir, records, len(dropped), tuple(dropped[:MAX_REASONS]))
+        if served is not record and served != record:
+            not_as_written.add(filename)
+        if allows is None or allows(name):
+            records[filename] = (name, served)
+    return UpstreamRecords(
+        subdir,
+        records,
+        len(dropped),
+        tuple(dropped[:MAX_REASONS]),
+        None if document is None else frozenset(not_as_written),
+    )
+
+
+@functools.cache
+def checks_fingerprint() -> str:
+    """Names the rules records were checked with: the digest of the code of the checks (this module,
+    ``record_checks`` and the subdirs it knows), so that what a changed rule would judge otherwise is
+    never taken as checked. "" if unknown."""
+    digest = hashlib.sha256()
+    try:
+        for module in (record_checks, subdirs, sys.modules[__name__]):
+            digest.update(Path(module.__file__ or "").read_bytes())
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def reload_checked_repodata(
+    body: bytes, not_as_written: frozenset[str], name_filter: NameFilter | None = None
+) -> UpstreamRecords | None:
+    """``parse_upstream_repodata`` again, for a document it parsed whole before (``body`` must be the
+    very bytes it was given, which the caller proves, e.g. with a digest kept by condagate): those
+    bytes passed the nesting bound, and each record not named in ``not_as_written`` passed the checks
+    as written, so it is taken as it is, its package name read from its file name (a checked file
+    name is NAME-VERSION-BUILD.EXT, and neither version nor build holds a dash). The records named
+    are checked again, with the same outcome. None when the document is not what it was."""
+    try:
+        document = _decode_repodata(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    allows = None if name_filter is None or name_filter.is_open else name_filter.allows
+    records: dict[str, tuple[str, bytes]] = {}
+    dropped: list[tuple[str, str]] = []
+    for group in (document.packages, document.packages_conda):
+        for filename, raw in group.items():
+            if filename in not_as_written:
+                try:
+                    name, record = check_bounded_record(filename, bytes(raw))
+                except RecordRejected as exc:
+                    dropped.append((shown(filename), exc.reason))
+                    continue
+            else:
+                name, record = filename.rsplit("-", 2)[0], bytes(raw)
+            if allows is None or allows(name):
+                records[filename] = (name, record)
+    subdir = document.info.subdir if document.info else None
+    return UpstreamRecords(subdir, records, len(dropped), tuple(dropped[:MAX_REASONS]), not_as_written)
 
 
 _Entry = tuple[str, bytes | msgspec.Raw, str]  # file name, record, a problem found by _scan ("" if none)

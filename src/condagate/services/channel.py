@@ -3,10 +3,15 @@
 The feed's SCA settings (``services.policy.FeedPolicy``) travel with what is resolved here, read in the same session
 as the feed, so that ``services.sca_filter`` can filter the served repodata and ``services.sca`` check downloads without
 asking the database again.
+
+A proxy feed's subdir also carries the terms under which the fast lane (``web.fast_lane``) may serve it again
+(``UpstreamTerms``): as long as the route would hand back the same bytes and headers without starting a fetch.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 from condagate.upstream.connector import ConnectorConfig
-from condagate.upstream.repodata_cache import Pending
+from condagate.upstream.repodata_cache import Pending, UpstreamSnapshot
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,29 @@ def _feed_ref(session: Session, name: str) -> FeedRef:
 
 
 @dataclass(frozen=True)
+class UpstreamTerms:
+    """While a proxy feed's subdir, as resolved, is still what the route would answer (together with the
+    change signal, which covers everything read from the database): each upstream snapshot merged into it
+    is still the one the upstream cache holds (a refresh, a 304 included, or a failure replaces the
+    object), and none is due for revalidation yet (a due one makes the route start a fetch)."""
+
+    upstreams: tuple[tuple[int, UpstreamSnapshot], ...]  # (connector id, the snapshot merged), per connector
+    valid_until: float  # time.time(): the first connector's check is due after this
+
+    def hold(self, services: Services, subdir: str) -> bool:
+        if time.time() >= self.valid_until:
+            return False
+        peek = services.upstream.peek
+        return all(peek(connector_id, subdir) is upstream for connector_id, upstream in self.upstreams)
+
+
+@dataclass(frozen=True)
 class FeedSubdir:
     feed: FeedRef
     snapshot: SubdirSnapshot
     pending: list[Pending] = field(default_factory=list)  # upstream fetches worth waiting for, then ask again
+    # A proxy feed's subdir the fast lane may serve (see ``upstream_terms``); None: the routes answer it.
+    upstream_terms: UpstreamTerms | None = None
 
     @property
     def stale_notice(self) -> str:
@@ -106,12 +130,39 @@ def feed_subdir(services: Services, feed_name: str, subdir: str, wait: bool = Tr
         refresh=refresh,
         keep_cached=feed.keep_cached,
     )
-    located = FeedSubdir(feed, snapshot, pending)
+    terms = upstream_terms(services, feed, snapshot) if feed.connectors and wait and not pending else None
+    located = FeedSubdir(feed, snapshot, pending, terms)
     if not pending:
         services.lookups.remember_subdir(feed_name, subdir, located)
         if wait:  # (without waiting, an older snapshot may be handed back as it is)
             services.lookups.remember_ready(feed_name, subdir, located, mark)
     return located
+
+
+def upstream_terms(services: Services, feed: FeedRef, snapshot: SubdirSnapshot) -> UpstreamTerms | None:
+    """The terms under which ``snapshot`` stays the route's answer for the feed's subdir without a commit,
+    or None when it may not be served again without the route (it would start a fetch, wait for one, or
+    name a stale upstream). Called right after ``snapshot_and_pending`` built it from the upstream views."""
+    if snapshot.stale:  # the route adds X-Condagate-Stale (a connector failed, or has no data yet)
+        return None
+    merged = dict(snapshot.upstream_version)  # connector id -> generation merged into the snapshot
+    upstreams: list[tuple[int, UpstreamSnapshot]] = []
+    valid_until = math.inf
+    for connector in feed.connectors:
+        if not connector.serves_subdir(snapshot.subdir):
+            continue  # the route does not ask this connector for this subdir either
+        if connector.cache_minutes <= 0:
+            return None  # the route revalidates on every request
+        upstream = services.upstream.peek(connector.id, snapshot.subdir)
+        if upstream is None or upstream.stale or merged.get(connector.id) != upstream.generation:
+            # Changed since the views were taken, or the merge being built was not waited for: the
+            # snapshot is not (or no longer) the merge of what the cache holds.
+            return None
+        upstreams.append((connector.id, upstream))
+        valid_until = min(valid_until, upstream.checked_at + connector.cache_minutes * 60)
+    if len(upstreams) != len(merged):
+        return None
+    return UpstreamTerms(tuple(upstreams), valid_until)
 
 
 def subdir_snapshot(services: Services, feed_name: str, subdir: str) -> SubdirSnapshot:

@@ -9,7 +9,9 @@ Ready subdirs (``ready_subdir``) are what ``web.fast_lane`` serves from: a feed 
 channel routes last resolved it, with the change signal (``store.change_signal``) as it was *before*
 that resolution read the database. While the signal has not moved, nothing was committed since by any
 writer it covers, so the entry is current; where it does not cover every writer now (PostgreSQL while
-its change listener cannot vouch), the signal's ``max_age`` bounds the trust.
+its change listener cannot vouch), the signal's ``max_age`` bounds the trust. A proxy feed's entry also
+carries what the signal does not cover, the state of its upstreams (``services.channel.UpstreamTerms``),
+which the lane checks itself.
 Ready files (``ready_file``) are the same for one of a feed's own package files, as a download
 through the route last located it from the database: a process that serves downloads and no
 repodata (or whose subdir entry a write elsewhere made stale) reads the database once per file

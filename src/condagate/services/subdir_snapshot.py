@@ -155,16 +155,9 @@ class SubdirSnapshot:
         return filename in self.local_records
 
     def built(self, kind: str) -> Encoded | None:
-        """The "json", "zst" or "bz2" encoding if it is built and whole already (the fast lane never
-        builds or joins anything: it leaves that, and large chunked bodies, to the route)."""
-        return self.built_json() if kind == "json" else self.built_zst() if kind == "zst" else self.built_bz2()
-
-    def built_json(self) -> Encoded | None:
-        """repodata.json if it is one piece of bytes already (the fast lane never joins anything)."""
-        return self.json if self.json.joined() else None
-
-    def built_zst(self) -> Encoded | None:
-        return self.zst if self.zst.joined() else None
+        """The "json", "zst" or "bz2" encoding if it is built (whole or in chunks: the caller decides
+        whether it may send chunks; the fast lane never builds or joins anything)."""
+        return self.json if kind == "json" else self.zst if kind == "zst" else self.built_bz2()
 
     def built_bz2(self) -> Encoded | None:
         """bz2 if it is built already (the fast lane never builds anything)."""

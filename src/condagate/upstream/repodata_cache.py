@@ -19,6 +19,7 @@ lifetime. Nothing that serves requests ever waits on an upstream without a bound
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -36,7 +37,12 @@ import httpx
 
 from condagate import telemetry
 from condagate.conda.repodata import compress_zstd
-from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
+from condagate.conda.upstream_repodata import (
+    UpstreamRecords,
+    checks_fingerprint,
+    parse_upstream_repodata,
+    reload_checked_repodata,
+)
 from condagate.errors import CondagateError, UpstreamUnavailable
 from condagate.upstream.connector import ConnectorConfig
 from condagate.upstream.repodata_fetch import decompress_zstd, fetch_repodata
@@ -302,7 +308,9 @@ class UpstreamRepodataCache:
                     )
                 dropped = (parsed.dropped, json.dumps([list(reason) for reason in parsed.drop_reasons]))
                 if fetched.body:
-                    self._save(connector, subdir, fetched.compressed or compress_zstd(fetched.body), fetched.etag)
+                    compressed = fetched.compressed or compress_zstd(fetched.body)
+                    self._save(connector, subdir, compressed, fetched.etag)
+                    self._save_checked(connector, subdir, compressed, parsed.not_as_written)
                 snapshot = UpstreamSnapshot(
                     connector.id, subdir, parsed.records, next(_generations), fetched.etag, time.time()
                 )
@@ -355,20 +363,76 @@ class UpstreamRepodataCache:
         meta.write_text(json.dumps({"etag": etag, "url": connector.url, "saved_at": datetime.now(UTC).isoformat()}))
         os.replace(meta, folder / "meta.json")
 
+    def _save_checked(
+        self, connector: ConnectorConfig, subdir: str, compressed: bytes, not_as_written: frozenset[str] | None
+    ) -> None:
+        """Note which records of the kept copy were not served as written, so that a restart reads it
+        again without checking every record (``reload_checked_repodata``). Bound to the copy's digest
+        and to the code of the checks; readable and writable by condagate's user only."""
+        index = self._folder(connector, subdir) / _CHECKED
+        fingerprint = checks_fingerprint()
+        temp = index.with_name(f".{_CHECKED}.{os.getpid()}.tmp")
+        try:
+            if not_as_written is None or not fingerprint:
+                index.unlink(missing_ok=True)  # the copy it described is gone
+                return
+            content = {
+                "zst_sha256": hashlib.sha256(compressed).hexdigest(),
+                "checks": fingerprint,
+                "not_as_written": sorted(not_as_written),
+            }
+            temp.unlink(missing_ok=True)
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+                json.dump(content, file)  # ASCII: any file name, lone surrogates included, reads back the same
+            os.replace(temp, index)
+        except OSError as exc:  # only how fast a restart reads the copy depends on it
+            log.warning("could not note the checked records of %s/%s: %s", connector.name, subdir, exc)
+
+    def _reload_checked(
+        self, connector: ConnectorConfig, subdir: str, compressed: bytes, body: bytes
+    ) -> UpstreamRecords | None:
+        """The kept copy without the per-record checks, when condagate's own note says it checked these
+        very bytes with this very code; None otherwise (then every record is checked again)."""
+        index = self._folder(connector, subdir) / _CHECKED
+        try:
+            status = index.stat()
+            if status.st_uid != os.geteuid() or status.st_mode & 0o077:  # not condagate's own note
+                return None
+            content = json.loads(index.read_text())
+        except (OSError, ValueError):
+            return None
+        listed = content.get("not_as_written") if isinstance(content, dict) else None
+        if (
+            not isinstance(listed, list)
+            or not all(isinstance(filename, str) for filename in listed)
+            or content.get("checks") != checks_fingerprint()
+            or not content["checks"]
+            or content.get("zst_sha256") != hashlib.sha256(compressed).hexdigest()
+        ):
+            return None
+        return reload_checked_repodata(body, frozenset(listed), connector.name_filter)
+
     def _load(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot | None:
         folder = self._folder(connector, subdir)
         try:
             meta = json.loads((folder / "meta.json").read_text())
             if meta.get("url") != connector.url:
                 return None
-            body = decompress_zstd((folder / "repodata.json.zst").read_bytes())
-            parsed = parse_upstream_repodata(body, connector.name_filter)
+            compressed = (folder / "repodata.json.zst").read_bytes()
+            body = decompress_zstd(compressed)
+            parsed = self._reload_checked(connector, subdir, compressed, body)
+            if parsed is None:
+                parsed = parse_upstream_repodata(body, connector.name_filter)
+                self._save_checked(connector, subdir, compressed, parsed.not_as_written)
         except (OSError, ValueError, CondagateError):
             return None
         # Loaded from disk: serve it, but check the upstream soon (checked_at = 0 makes it due).
         return UpstreamSnapshot(
             connector.id, subdir, parsed.records, next(_generations), str(meta.get("etag", "")), 0.0
         )
+
+
+_CHECKED = "checked.json"  # next to repodata.json.zst: which of its records were not served as written
 
 
 def _fetched_with(connector: ConnectorConfig) -> tuple[object, ...]:

@@ -27,6 +27,7 @@ from condagate.services.subdir_snapshot import Encoded
 from condagate.web.auth import requires
 from condagate.web.responses import (
     IMMUTABLE_CACHE_CONTROL,
+    JOIN_BELOW,
     REPODATA_CACHE_CONTROL,
     blob_response,
     encoded_response,
@@ -52,12 +53,6 @@ _REPODATA_FILES = {
     "current_repodata.json.zst": ("zst", "application/zstd"),
     "current_repodata.json.bz2": ("bz2", "application/x-bzip2"),
 }
-
-
-# Repodata bodies below this size are joined once (in a worker thread) and then served whole, by the
-# fast lane too; larger ones (a big subdir's JSON blocks, a proxy feed's .zst frames) are sent as their
-# chunks and never joined: no second copy of hundreds of MB, no join on every change.
-JOIN_BELOW = 8 * 1024 * 1024
 
 
 class ChunksResponse(Response):

@@ -1,5 +1,5 @@
-"""The channel's fast lane: the common channel GETs and HEADs of a hosted feed answered right after the
-guard, without routing, dependency injection, thread-pool hops or a database round trip.
+"""The channel's fast lane: the common channel GETs and HEADs of a feed answered right after the guard,
+without routing, dependency injection, thread-pool hops or a database round trip.
 
 It serves what the channel routes (``web.channel``) last resolved for a feed subdir
 (``services.lookups.ready_subdir``), or for one package file a download through the route last
@@ -10,10 +10,15 @@ The decision is the route's own: ``authorize(principal, VIEW, FEED, feed)``, the
 for header (``web.responses``: ``send_encoded``, ``send_shard``, ``send_whole_blob``, sent as raw ASGI
 messages; a whole package file with the server's ``pathsend`` extension, or Starlette's
 ``FileResponse`` on a server without it), the same download counting.
+A proxy feed's repodata, shard index and shards are served too, while the subdir's ``UpstreamTerms``
+(``services.channel``) hold: every upstream snapshot merged into it is still the one the upstream cache
+holds and none is due for revalidation — then the route too would answer these bytes, with no stale
+header, without starting a fetch.
 Anything else falls through to the routes unchanged, which then refresh what this lane serves: other
-methods, query strings (``mirror=1``), Range, ``/t/TOKEN/`` paths, feeds with connectors (proxy feeds:
-pending or stale upstreams) or an SCA policy (filtering, warnings, blocked downloads), a refused caller
-(401/404 come from the route), and anything not built yet (bz2, shards) or not in the snapshot.
+methods, query strings (``mirror=1``), Range, ``/t/TOKEN/`` paths, a proxy feed's package files and any
+subdir of it whose upstreams are due, pending, stale or revalidated on every request (cache lifetime 0),
+feeds with an SCA policy (filtering, warnings, blocked downloads), a refused caller (401/404 come from
+the route), and anything not built yet (bz2, shards) or not in the snapshot.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from condagate.web.responses import (
     send_encoded,
     send_shard,
     send_whole_blob,
+    sendable,
 )
 
 _REPODATA = {
@@ -117,7 +123,14 @@ class FastLane:
                 services, scope, receive, send, feed_ref.id, subdir, name, principal, path, sha256, stat
             )
         located, files = ready
-        if not _plain(services, located.feed, subdir):
+        if located.feed.connectors:
+            # A proxy feed: its repodata, shard index and shards while the route would answer the same
+            # without starting a fetch; its package files always through the route (an upstream file
+            # needs its verification and caching).
+            terms = located.upstream_terms
+            if package or terms is None or not terms.hold(services, subdir):
+                return False
+        if not _policy_free(services, located.feed, subdir):
             return False
         snapshot = located.snapshot
         if package:
@@ -144,7 +157,7 @@ class FastLane:
         elif name in _REPODATA:
             kind, media_type = _REPODATA[name]
             encoded = snapshot.built(kind)
-            if encoded is None:
+            if encoded is None or not sendable(encoded):  # a small body not joined yet: the route joins it
                 return False
             await send_encoded(scope, send, encoded, media_type, REPODATA_CACHE_CONTROL)
         else:
@@ -154,8 +167,13 @@ class FastLane:
 
 def _plain(services: Services, feed: Any, subdir: str) -> bool:
     """A hosted feed whose answers depend on nothing but its snapshot: no connectors, no SCA policy."""
+    return not feed.connectors and _policy_free(services, feed, subdir)
+
+
+def _policy_free(services: Services, feed: Any, subdir: str) -> bool:
+    """No SCA policy that filters, warns or blocks, and no filtered view served of the subdir."""
     policy = feed.policy
-    if feed.connectors or (policy is not None and (policy.active or policy.filters_repodata)):
+    if policy is not None and (policy.active or policy.filters_repodata):
         return False
     return not services.repodata.was_filtered(feed.id, subdir)
 

@@ -90,9 +90,21 @@ _ENCODED_HEADERS: WeakKeyDictionary[Encoded, dict[tuple[str, str], tuple[_RawHea
 )
 
 
+# Encoded bodies below this size are joined once (in a worker thread, by the route) and then sent whole;
+# larger ones (a big subdir's JSON blocks, its spliced .zst) are sent as the chunks they are kept in and
+# never joined: no second copy of hundreds of MB, no join on every change.
+JOIN_BELOW = 8 * 1024 * 1024
+
+
+def sendable(encoded: Encoded) -> bool:
+    """Whether ``send_encoded`` may send it as it is: whole already, or too large ever to be joined."""
+    return encoded.joined() or encoded.size >= JOIN_BELOW
+
+
 async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: str, cache_control: str) -> None:
     """``encoded_response``'s answer (GET, HEAD, 304), header for header, sent without a Response (the
-    security headers included, as ``web.bookkeeping`` would add them)."""
+    security headers included, as ``web.bookkeeping`` would add them); a body kept in chunks is sent as
+    them, as the route's ``ChunksResponse`` does."""
     by_kind = _ENCODED_HEADERS.get(encoded)
     if by_kind is None:
         by_kind = _ENCODED_HEADERS[encoded] = {}
@@ -103,14 +115,22 @@ async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: s
             (b"last-modified", http_date(encoded.last_modified).encode("latin-1")),
             (b"cache-control", cache_control.encode("latin-1")),
         ]
-        full = [*common, (b"content-length", str(len(encoded.body)).encode()), (b"content-type", media_type.encode())]
+        full = [*common, (b"content-length", str(encoded.size).encode()), (b"content-type", media_type.encode())]
         found = by_kind[(media_type, cache_control)] = (secured(common), secured(full))
     if not_modified(*_conditions(scope), encoded.etag, encoded.last_modified):
         await send({"type": "http.response.start", "status": 304, "headers": list(found[0])})
         await send({"type": "http.response.body", "body": b""})
         return
     await send({"type": "http.response.start", "status": 200, "headers": list(found[1])})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else encoded.body})
+    if scope["method"] == "HEAD":
+        await send({"type": "http.response.body", "body": b""})
+    elif encoded.joined():
+        await send({"type": "http.response.body", "body": encoded.body})
+    else:
+        chunks = encoded.chunks
+        last = len(chunks) - 1
+        for index, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": index < last})
 
 
 _IMMUTABLE = (b"cache-control", IMMUTABLE_CACHE_CONTROL.encode())
