@@ -19,6 +19,7 @@ import zstandard
 
 from condagate.conda.zstd_splice import SEPARATOR
 from condagate.upstream.repodata_fetch import decompress_zstd
+from zstd_readers import conda_decodes, frames_in
 
 from conftest import upload
 from rattler_client import query, solve_and_install
@@ -48,24 +49,6 @@ def new_proxy_feed(server: Server, url: str) -> str:
     with server.admin() as client:
         assert client.post("/api/connectors", json={"name": connector, "url": url}).status_code == 201
     return new_feed(server, [connector])
-
-
-def frames_in(data: bytes) -> int:
-    count = 0
-    while data:
-        reader = zstandard.ZstdDecompressor().decompressobj()
-        reader.decompress(data)
-        data = reader.unused_data
-        count += 1
-    return count
-
-
-def conda_decodes(data: bytes) -> bytes:
-    """As conda reads a .zst (conda/gateways/repodata/zstd.py): through ``stream_writer``."""
-    out = io.BytesIO()
-    with zstandard.ZstdDecompressor().stream_writer(out, closefd=False) as writer:
-        writer.write(data)
-    return out.getvalue()
 
 
 def test_every_decoder_reads_the_spliced_frame_and_the_variants_agree(framed: Server, make_package):

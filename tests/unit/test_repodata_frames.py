@@ -35,28 +35,11 @@ from condagate.services.subdir_snapshot import encode_subdir
 from condagate.services.upload import store_upload
 from condagate.settings import Settings
 from condagate.upstream.repodata_fetch import decompress_zstd
+from zstd_readers import conda_decodes, frames_in
 
 from package_factory import PackageSpec, write_package
 
 MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def frames_in(data: bytes) -> int:
-    count = 0
-    while data:
-        reader = zstandard.ZstdDecompressor().decompressobj()
-        reader.decompress(data)
-        data = reader.unused_data
-        count += 1
-    return count
-
-
-def conda_decodes(data: bytes) -> bytes:
-    """As conda reads a .zst: the response written through ``ZstdDecompressor().stream_writer``."""
-    out = io.BytesIO()
-    with zstandard.ZstdDecompressor().stream_writer(out, closefd=False) as writer:
-        writer.write(data)
-    return out.getvalue()
 
 
 def records_of(count: int, seed: int = 1) -> dict[str, bytes]:
