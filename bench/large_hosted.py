@@ -211,10 +211,11 @@ def _unzstd(body: bytes) -> bytes:
 def plus_one(
     client: httpx.Client, admin: httpx.Client, path: Path, name: str, subdir: str, feed: str = FEED
 ) -> dict[str, float]:
-    """Upload one file; from its 201, poll the three indexes with If-None-Match until each answers 200
-    with a new ETag: the time is taken when its headers arrive (the server has the new bytes; reading
-    an 18 MB body in Python would time the client). The bodies are fetched afterwards by that ETag
-    and checked to list the file."""
+    """Upload one file; from its 201, poll the three indexes with HEAD and If-None-Match until each
+    answers 200 with a new ETag: the time is taken when its headers arrive (the server has the new
+    bytes). HEAD, so that no poll waits behind the body of another (a 70 MB .zst the client would drop
+    after its headers still leaves the one worker busy sending it). The bodies are fetched afterwards
+    by that ETag and checked to list the file."""
     paths = {
         "zst": f"/conda/{feed}/{subdir}/repodata.json.zst",
         "shards": f"/conda/{feed}/{subdir}/repodata_shards.msgpack.zst",
@@ -233,12 +234,12 @@ def plus_one(
         for kind, p in paths.items():
             if kind in seen:
                 continue
-            with client.stream("GET", p, headers={"If-None-Match": str(etags[kind])}) as response:
-                if response.status_code == 200:
-                    seen[kind] = time.perf_counter() - created
-                    new_etags[kind] = response.headers["etag"]
-                elif response.status_code != 304:
-                    raise RuntimeError(f"GET {p}: {response.status_code}")
+            response = client.head(p, headers={"If-None-Match": str(etags[kind])})
+            if response.status_code == 200:
+                seen[kind] = time.perf_counter() - created
+                new_etags[kind] = response.headers["etag"]
+            elif response.status_code != 304:
+                raise RuntimeError(f"HEAD {p}: {response.status_code}")
     for kind, p in paths.items():
         response = _get(client, p)
         if response.headers.get("etag") != new_etags[kind] or not _lists(kind, response.content, path.name, name):
