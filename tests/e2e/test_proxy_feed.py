@@ -312,7 +312,15 @@ def test_connector_and_feed_validation(server: Server, upstream: UpstreamChannel
 
 
 def test_cli_creates_connectors_and_proxy_feeds_and_mirrors(server: Server, upstream: UpstreamChannel, tmp_path: Path):
-    env = {**server.env, "CONDAGATE_URL": server.url, "CONDAGATE_API_KEY": server.api_key, "COLUMNS": "200"}
+    scratch = tmp_path / "cli-tmp"  # the CLI's temp folder: mirroring must leave nothing in it
+    scratch.mkdir()
+    env = {
+        **server.env,
+        "CONDAGATE_URL": server.url,
+        "CONDAGATE_API_KEY": server.api_key,
+        "COLUMNS": "200",
+        "TMPDIR": str(scratch),
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*condagate_command(), *args], env=env, capture_output=True, text=True, timeout=300)
@@ -336,6 +344,7 @@ def test_cli_creates_connectors_and_proxy_feeds_and_mirrors(server: Server, upst
     assert installed == ["numpy=1.26.4=py311h0_0", "python=3.11.9=h0_0"]
     nothing = cli("mirror", feed, "no-such-package", "--subdir", "linux-64")
     assert nothing.returncode == 1 and "no-such-package" in nothing.stderr
+    assert list(scratch.iterdir()) == []  # the resolver's repodata cache (it may hold a key) is gone
 
 
 def test_feed_lists_upstream_packages_with_cache_marks_and_download_statistics(

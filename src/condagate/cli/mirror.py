@@ -31,7 +31,14 @@ def _channel_url(client: ApiClient, feed: str, api_key: str | None) -> str:
 async def _resolve(
     channel_url: str, specs: list[str], subdirs: list[str], with_deps: bool
 ) -> list[rattler.RepoDataRecord]:
-    gateway = rattler.Gateway(cache_dir=Path(tempfile.mkdtemp(prefix="condagate-mirror-")))
+    # A cache of its own, removed afterwards: the feed's repodata may be private (the key is in the URL).
+    with tempfile.TemporaryDirectory(prefix="condagate-mirror-") as cache:
+        return await _resolve_in(rattler.Gateway(cache_dir=Path(cache)), channel_url, specs, subdirs, with_deps)
+
+
+async def _resolve_in(
+    gateway: rattler.Gateway, channel_url: str, specs: list[str], subdirs: list[str], with_deps: bool
+) -> list[rattler.RepoDataRecord]:
     channel = rattler.Channel(channel_url)
     found: dict[str, rattler.RepoDataRecord] = {}
     for subdir in subdirs:
