@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from condagate.services import vulnerabilities
+from condagate.services.advisory_index import VulnerabilityState
 from condagate.services.context import Services
 from condagate.settings import Settings
 from condagate.store import feeds as feed_store
@@ -88,7 +89,7 @@ def services(server: Server) -> Iterator[Services]:
 
 def state(
     services: Services, name: str, version: str, feed_id: int | None = None
-) -> vulnerabilities.VulnerabilityState:
+) -> VulnerabilityState:
     vulnerabilities.note_change(services)  # the server changed the data: read the revision now
     return vulnerabilities.vulnerability_state(services, feed_id=feed_id, name=name, version=version)
 

@@ -25,6 +25,7 @@ from condagate.conda.osv import Document, documents_from_body, documents_from_pa
 from condagate.conda.package_names import PYPI, is_pypi_name, map_to_pypi, normalize_pypi
 from condagate.errors import AdvisoryNotFound, BadRequest, NotFound
 from condagate.services import catalog, vulnerabilities
+from condagate.services.advisory_index import VulnerabilityState
 from condagate.services.context import Services
 from condagate.store import advisories as advisory_store
 from condagate.store import feeds as feed_store
@@ -450,7 +451,7 @@ class VulnerablePackage:
     name: str
     version: str
     subdirs: list[str]
-    state: vulnerabilities.VulnerabilityState
+    state: VulnerabilityState
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ import msgspec
 from condagate.conda.records import decode_record
 from condagate.errors import PackageBlocked
 from condagate.services import licenses, vulnerabilities
+from condagate.services.advisory_index import AdvisoryFinding, VulnerabilityState
 from condagate.services.channel import PackageBlob, UpstreamPackage
 from condagate.services.context import Services
 from condagate.services.licenses import LicenseState
 from condagate.services.policy import ALLOWED, SEVERITY_LEVELS, FeedPolicy, Finding, PolicyDecision
-from condagate.services.vulnerabilities import AdvisoryFinding, VulnerabilityState
 from condagate.store import feeds as feed_store
 
 ALLOW, WARN, BLOCK = "allow", "warn", "block"

@@ -9,34 +9,25 @@ memoised per (feed, name, version) for the revision.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from condagate.conda.affected_versions import (
-    AFFECTED,
-    UNKNOWN,
-    AffectedVersions,
-    PackageAdvisories,
-    Verdict,
+from condagate.conda.package_names import PYPI, grayskull_table, map_to_pypi
+from condagate.services.advisory_index import (
+    AdvisoryIndex,
+    AffectedEntry,
+    NameMemo,
+    VulnerabilityState,
+    advisory_card,
+    evaluate,
+    no_candidates,
+    with_assessments,
 )
-from condagate.conda.package_names import (
-    FALLBACK,
-    GRAYSKULL,
-    OVERRIDE,
-    PYPI,
-    NameMapping,
-    grayskull_table,
-    map_to_pypi,
-)
-from condagate.conda.version_order import QueriedVersion
 from condagate.services.context import Services
 from condagate.store import advisories as advisory_store
 from condagate.store import sca_state
@@ -49,33 +40,6 @@ _MAX_MEMO_NAMES = 200_000  # conda names with a memo; beyond, the memo starts ov
 _MAX_MEMO_VERSIONS = 2_000  # answers kept per name
 _MAX_INCREMENTAL = 2_000  # changed advisories beyond which the index is rebuilt whole
 _CHANGE_LOG = 64  # revisions whose touched names are remembered (``names_changed_since``)
-_SEVERITY_RANK = {"critical": 5, "high": 4, "medium": 3, "low": 2, "none": 1, "unknown": 0}
-
-
-@dataclass(frozen=True)
-class AdvisoryFinding:
-    advisory_id: str
-    aliases: tuple[str, ...]
-    summary: str
-    severity: str  # none | low | medium | high | critical | unknown
-    score: float | None
-    vector: str
-    links: tuple[str, ...]
-    fixed_in: tuple[str, ...]
-    assessment: str | None  # ignore | caution | block in force for this feed (a feed's own beats the global one)
-    assessment_comment: str
-
-
-@dataclass(frozen=True)
-class VulnerabilityState:
-    """``findings``: the advisories affecting the version ("affected"), or those that could not be
-    decided for it ("unknown-version"); empty for "clean" and "no-data"."""
-
-    status: str  # "affected" | "clean" | "no-data" | "unknown-version"
-    ecosystem_name: str | None  # e.g. "PyPI:pillow"
-    mapping_source: str  # "grayskull" | "override" | "fallback" | "none"
-    findings: tuple[AdvisoryFinding, ...]
-    note: str
 
 
 def vulnerability_state(services: Services, *, feed_id: int | None, name: str, version: str) -> VulnerabilityState:
@@ -114,76 +78,11 @@ def matcher(services: Services) -> VulnerabilityMatcher:
     return found
 
 
-# The index ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Card:
-    """What a finding shows of an advisory."""
-
-    id: str
-    summary: str
-    aliases: tuple[str, ...]
-    severity: str
-    score: float | None
-    vector: str
-    links: tuple[str, ...]
-    withdrawn: bool
-
-
-@dataclass
-class _Entry:
-    """One affected-package row of a live advisory; its ranges are decoded on first use."""
-
-    advisory_id: str
-    ranges_json: str
-    versions_json: str
-    _compiled: AffectedVersions | None = None
-
-    def versions(self) -> AffectedVersions:
-        if self._compiled is None:
-            self._compiled = AffectedVersions.from_json(PYPI, self.ranges_json, self.versions_json)
-        return self._compiled
-
-
-@dataclass(frozen=True)
-class _Base:
-    """A feed-independent answer: status, mapping, (advisory id, verdict) findings, note."""
-
-    status: str
-    mapping: NameMapping
-    findings: tuple[tuple[str, Verdict], ...]
-    note: str
-
-
-@dataclass
-class _NameMemo:
-    mapping: NameMapping | None  # None: the mapping depends on the version (pyqt 4 / 5)
-    fixed: VulnerabilityState | None = None  # the answer for every version (no candidate advisories)
-    base: dict[str, _Base] = field(default_factory=dict)
-    results: dict[tuple[int | None, str], VulnerabilityState] = field(default_factory=dict)
-
-
-@dataclass
-class _Index:
-    revision: int
-    states: dict[str, tuple[datetime, datetime | None]]
-    cards: dict[str, _Card]
-    by_name: dict[str, list[_Entry]]  # normalised PyPI name -> entries of live advisories
-    names_of: dict[str, tuple[str, ...]]  # advisory id -> its PyPI names
-    overrides: dict[str, str | None]
-    assessments: dict[tuple[str, int | None], tuple[str, str]]  # in force, "clear" left out
-    memo: dict[str, _NameMemo] = field(default_factory=dict)
-    packages: dict[str, PackageAdvisories] = field(default_factory=dict)  # PyPI name -> compiled, on first use
-    # (advisory id, fixed in, assessment) -> the finding: shared by every version that has it
-    findings: dict[tuple[str, tuple[str, ...], tuple[str, str] | None], AdvisoryFinding] = field(default_factory=dict)
-
-
 class VulnerabilityMatcher:
     def __init__(self, db: Database, refresh_seconds: float = REFRESH_SECONDS) -> None:
         self._db = db
         self._refresh_seconds = refresh_seconds
-        self._index: _Index | None = None
+        self._index: AdvisoryIndex | None = None
         self._lock = threading.Lock()
         self._revision = -1
         self._checked_at = -1e18
@@ -203,7 +102,7 @@ class VulnerabilityMatcher:
     def expire(self) -> None:
         self._checked_at = -1e18
 
-    def current(self) -> _Index:
+    def current(self) -> AdvisoryIndex:
         wanted = self.revision()
         index = self._index
         if index is not None and index.revision >= wanted:
@@ -224,16 +123,16 @@ class VulnerabilityMatcher:
         finally:
             self._lock.release()
 
-    def _build(self) -> _Index:
+    def _build(self) -> AdvisoryIndex:
         started = time.perf_counter()
         with self._db.read() as session:
             revision = sca_state.revision(session=session)  # first: data read after it is at least as new
             states = advisory_store.states(session=session)
-            cards = {row[0]: _card(row) for row in advisory_store.cards(session=session)}
+            cards = {row[0]: advisory_card(row) for row in advisory_store.cards(session=session)}
             rows = advisory_store.package_rows(session=session)
             overrides = advisory_store.overrides(session=session, ecosystem=PYPI)
             assessments = _assessments(session)
-        by_name: dict[str, list[_Entry]] = {}
+        by_name: dict[str, list[AffectedEntry]] = {}
         names_of: dict[str, list[str]] = {}
         for advisory_id, ecosystem, name, ranges, versions in rows:
             if ecosystem != PYPI:
@@ -241,7 +140,7 @@ class VulnerabilityMatcher:
             names_of.setdefault(advisory_id, []).append(name)
             card = cards.get(advisory_id)
             if card is not None and not card.withdrawn:
-                by_name.setdefault(name, []).append(_Entry(advisory_id, ranges, versions))
+                by_name.setdefault(name, []).append(AffectedEntry(advisory_id, ranges, versions))
         log.info(
             "vulnerability index: %d advisories, %d PyPI names, built in %.0f ms",
             len(cards),
@@ -249,7 +148,7 @@ class VulnerabilityMatcher:
             (time.perf_counter() - started) * 1000,
         )
         self._changes.clear()
-        return _Index(
+        return AdvisoryIndex(
             revision,
             states,
             cards,
@@ -259,7 +158,7 @@ class VulnerabilityMatcher:
             assessments,
         )
 
-    def _refresh(self, old: _Index) -> _Index:
+    def _refresh(self, old: AdvisoryIndex) -> AdvisoryIndex:
         """Apply what changed since ``old``: changed advisories, overrides and assessments."""
         with self._db.read() as session:
             revision = sca_state.revision(session=session)
@@ -269,7 +168,7 @@ class VulnerabilityMatcher:
             )
             if len(changed) > _MAX_INCREMENTAL:
                 return self._build()
-            cards = {row[0]: _card(row) for row in advisory_store.cards(session=session, advisory_ids=changed)}
+            cards = {row[0]: advisory_card(row) for row in advisory_store.cards(session=session, advisory_ids=changed)}
             rows = advisory_store.package_rows(session=session, advisory_ids=changed)
             overrides = advisory_store.overrides(session=session, ecosystem=PYPI)
             assessments = _assessments(session)
@@ -282,14 +181,14 @@ class VulnerabilityMatcher:
             new_cards.pop(advisory_id, None)
             new_names_of.pop(advisory_id, None)
         new_cards.update(cards)
-        added: dict[str, list[_Entry]] = {}
+        added: dict[str, list[AffectedEntry]] = {}
         for advisory_id, ecosystem, name, ranges, versions in rows:
             if ecosystem != PYPI:
                 continue
             new_names_of[advisory_id] = (*new_names_of.get(advisory_id, ()), name)
             touched.add(name)
             if not cards[advisory_id].withdrawn:
-                added.setdefault(name, []).append(_Entry(advisory_id, ranges, versions))
+                added.setdefault(name, []).append(AffectedEntry(advisory_id, ranges, versions))
         for name in touched:
             kept = [e for e in by_name.get(name, []) if e.advisory_id not in changed] + added.get(name, [])
             if kept:
@@ -318,7 +217,7 @@ class VulnerabilityMatcher:
             len(touched),
         )
         packages = {name: compiled for name, compiled in old.packages.items() if name not in touched}
-        return _Index(revision, states, new_cards, by_name, new_names_of, overrides, assessments, memo, packages)
+        return AdvisoryIndex(revision, states, new_cards, by_name, new_names_of, overrides, assessments, memo, packages)
 
     def changed_since(self, revision: int, names: Iterable[str]) -> set[str] | None:
         index = self.current()
@@ -367,45 +266,31 @@ class VulnerabilityMatcher:
         base = memo.base.get(version)
         if base is None:
             mapping = memo.mapping or map_to_pypi(name, version, overrides=index.overrides)
-            base = _evaluate(index, name, version, mapping)
+            base = evaluate(index, name, version, mapping)
             if len(memo.base) >= _MAX_MEMO_VERSIONS:
                 memo.base.clear()
                 memo.results.clear()
             memo.base[version] = base
-        found = _with_assessments(index, base, feed_id)
+        found = with_assessments(index, base, feed_id)
         if len(memo.results) >= _MAX_MEMO_VERSIONS:
             memo.results.clear()
         memo.results[key] = found
         return found
 
-    def _memo_for(self, index: _Index, name: str) -> _NameMemo:
+    def _memo_for(self, index: AdvisoryIndex, name: str) -> NameMemo:
         table = grayskull_table()
         if name not in index.overrides and name in table.by_version:
-            return _NameMemo(None)  # depends on the version: decided per call
+            return NameMemo(None)  # depends on the version: decided per call
         mapping = map_to_pypi(name, None, overrides=index.overrides, table=table)
         if not any(index.by_name.get(n) for n in mapping.names):
-            return _NameMemo(mapping, fixed=_no_candidates(name, mapping))
-        return _NameMemo(mapping)
+            return NameMemo(mapping, fixed=no_candidates(name, mapping))
+        return NameMemo(mapping)
 
 
-def _mapped_to(memo: _NameMemo, name: str, touched: set[str]) -> bool:
+def _mapped_to(memo: NameMemo, name: str, touched: set[str]) -> bool:
     if memo.mapping is None:
         return True
     return any(n in touched for n in memo.mapping.names)
-
-
-def _card(row: advisory_store.CardRow) -> _Card:
-    advisory_id, summary, aliases, severity, score, vector, links, withdrawn = row
-    return _Card(
-        advisory_id,
-        summary,
-        tuple(json.loads(aliases or "[]")),
-        severity,
-        score,
-        vector,
-        tuple(json.loads(links or "[]")),
-        withdrawn is not None,
-    )
 
 
 def _assessments(session: Session) -> dict[tuple[str, int | None], tuple[str, str]]:
@@ -413,96 +298,3 @@ def _assessments(session: Session) -> dict[tuple[str, int | None], tuple[str, st
     return {key: (row.verdict, row.comment) for key, row in rows.items() if row.verdict != "clear"}
 
 
-def _no_candidates(name: str, mapping: NameMapping) -> VulnerabilityState:
-    if mapping.source in (GRAYSKULL, OVERRIDE) and mapping.names:
-        how = "the grayskull table" if mapping.source == GRAYSKULL else "an administrator's override"
-        note = f"{name} is {mapping.ecosystem_name} ({how}): no advisory names it"
-        return VulnerabilityState("clean", mapping.ecosystem_name, mapping.source, (), note)
-    if mapping.source == FALLBACK:
-        note = (
-            f"{name} is not in the grayskull table; no advisory names {mapping.ecosystem_name} either, "
-            "so whether it is a PyPI package at all is unknown"
-        )
-    elif mapping.source == OVERRIDE:
-        note = f"an administrator marked {name} as having no PyPI counterpart"
-    elif mapping.source == GRAYSKULL:
-        note = f"the grayskull table names no PyPI package for this version of {name}"
-    else:
-        note = f"{name} maps to no PyPI name (not in the grayskull table, not a valid PyPI name)"
-    return VulnerabilityState("no-data", mapping.ecosystem_name, mapping.source, (), note)
-
-
-def _evaluate(index: _Index, name: str, version: str, mapping: NameMapping) -> _Base:
-    verdicts: dict[str, list[Verdict]] = {}
-    tested = QueriedVersion.of(version)
-    for pypi_name in mapping.names:
-        for advisory_id, verdict in _package(index, pypi_name).check(tested, include_clean=False):
-            verdicts.setdefault(advisory_id, []).append(verdict)
-    if not verdicts:
-        if not any(index.by_name.get(n) for n in mapping.names):
-            state = _no_candidates(name, mapping)
-            return _Base(state.status, mapping, (), state.note)
-        return _Base("clean", mapping, (), "")
-    affected: list[tuple[str, Verdict]] = []
-    undecided: list[tuple[str, Verdict]] = []
-    for advisory_id, found in verdicts.items():
-        if len(found) == 1:  # one affected entry per advisory and package, as usual
-            (affected if found[0].status == AFFECTED else undecided).append((advisory_id, found[0]))
-            continue
-        fixed = tuple(dict.fromkeys(v for verdict in found for v in verdict.fixed_in))
-        if any(v.status == AFFECTED for v in found):
-            affected.append((advisory_id, Verdict(AFFECTED, fixed)))
-        elif any(v.status == UNKNOWN for v in found):
-            notes = "; ".join(dict.fromkeys(v.note for v in found if v.status == UNKNOWN and v.note))
-            undecided.append((advisory_id, Verdict(UNKNOWN, fixed, notes)))
-
-    def rank(item: tuple[str, Verdict]) -> tuple[int, str]:
-        card = index.cards.get(item[0])
-        return (-_SEVERITY_RANK.get(card.severity if card else "unknown", 0), item[0])
-
-    affected.sort(key=rank)
-    undecided.sort(key=rank)
-    undecided_note = "; ".join(f"{advisory_id}: {verdict.note}" for advisory_id, verdict in undecided)
-    if affected:
-        note = f"also undecided for this version: {undecided_note}" if undecided else ""
-        return _Base("affected", mapping, tuple(affected), note)
-    if undecided:
-        return _Base("unknown-version", mapping, tuple(undecided), undecided_note)
-    return _Base("clean", mapping, (), "")
-
-
-def _package(index: _Index, pypi_name: str) -> PackageAdvisories:
-    found = index.packages.get(pypi_name)
-    if found is None:
-        entries = index.by_name.get(pypi_name, [])
-        found = index.packages[pypi_name] = PackageAdvisories([(e.advisory_id, e.versions()) for e in entries])
-    return found
-
-
-def _with_assessments(index: _Index, base: _Base, feed_id: int | None) -> VulnerabilityState:
-    findings = []
-    for advisory_id, verdict in base.findings:
-        assessed = (index.assessments.get((advisory_id, feed_id)) if feed_id is not None else None) or (
-            index.assessments.get((advisory_id, None))
-        )
-        key = (advisory_id, verdict.fixed_in, assessed)
-        finding = index.findings.get(key)
-        if finding is None:
-            card = index.cards.get(advisory_id) or _Card(advisory_id, "", (), "unknown", None, "", (), False)
-            finding = AdvisoryFinding(
-                advisory_id=advisory_id,
-                aliases=card.aliases,
-                summary=card.summary,
-                severity=card.severity,
-                score=card.score,
-                vector=card.vector,
-                links=card.links,
-                fixed_in=verdict.fixed_in,
-                assessment=assessed[0] if assessed else None,
-                assessment_comment=assessed[1] if assessed else "",
-            )
-            if len(index.findings) >= _MAX_MEMO_NAMES:
-                index.findings.clear()
-            index.findings[key] = finding
-        findings.append(finding)
-    return VulnerabilityState(base.status, base.mapping.ecosystem_name, base.mapping.source, tuple(findings), base.note)
