@@ -301,10 +301,8 @@ def exposition(accept: str) -> tuple[bytes, str]:
     folder = os.environ.get(MULTIPROC_ENV)
     source: _Source
     if folder:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         _forget_dead_workers(folder)
-        source = MultiProcessCollector(None, folder)  # type: ignore[no-untyped-call]
+        source = _WorkerFiles(Path(folder))
     else:
         source = metrics().registry
     encode, content_type = choose_encoder(accept)
@@ -313,6 +311,28 @@ def exposition(accept: str) -> tuple[bytes, str]:
 
 class _Source(Protocol):
     def collect(self) -> Iterable[Metric]: ...
+
+
+class _WorkerFiles:
+    """Every worker's metric files, added up (as prometheus-client's ``MultiProcessCollector``), less a
+    file a worker has created and not yet sized: the library fails on it, and a scrape may meet one when
+    it races a worker's first write of a metric (that worker has no values in it yet)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = [str(path) for path in self.folder.glob("*.db") if _sized(path)]
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _sized(path: Path) -> bool:
+    try:
+        return path.stat().st_size >= 8  # the header that says how much of the file is used
+    except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
+        return False
 
 
 class _Scrape:
