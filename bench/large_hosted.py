@@ -125,7 +125,8 @@ def populate(data_dir: Path, rows: list[Row]) -> float:
     try:
         create_feed(services, name=FEED)
         for row in rows:
-            target = services.blobs.local_path(row[5])
+            target = services.blobs.file_for_sending(row[5])  # a local store: its blob file
+            assert target is not None
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 os.link(row[10], target)

@@ -33,6 +33,11 @@ class Faults:
     garbage_repodata: bool = False  # repodata: not JSON
     paths: tuple[str, ...] = ()  # limit the faults to paths containing one of these (all when empty)
     required_authorization: str | None = None  # answer 401 unless this exact Authorization header comes
+    # Package files: send this many body bytes, then hold the rest until ``resume`` is set (a download
+    # caught mid-way, for as long as a test needs; at most ``pause_seconds``).
+    pause_after: int | None = None
+    resume: threading.Event = field(default_factory=threading.Event)
+    pause_seconds: float = 120.0
 
     def applies(self, path: str) -> bool:
         return not self.paths or any(part in path for part in self.paths)
@@ -140,6 +145,19 @@ class UpstreamChannel:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                pause_after = faults.pause_after  # read once: a test may clear it while this request waits
+                if pause_after is not None and not head and path.endswith((".conda", ".tar.bz2")):
+                    self.send_response(200)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    self.wfile.write(body[:pause_after])
+                    self.wfile.flush()
+                    faults.resume.wait(faults.pause_seconds)
+                    with contextlib.suppress(OSError):  # the downloader may be gone (killed) by now
+                        self.wfile.write(body[pause_after:])
                     return
                 self._send(200, body, content_type, head, {"ETag": etag})
 

@@ -32,7 +32,8 @@ CondagateError                 (500, internal)
 │   ├── UpstreamUnavailable    (502, upstream_unavailable)
 │   └── UpstreamMismatch       (502, upstream_mismatch)
 ├── UpstreamTimeout            (504, upstream_timeout)
-└── Busy                       (503, busy)
+├── Busy                       (503, busy)
+└── StorageUnavailable         (503, storage_unavailable)
 """
 
 from __future__ import annotations
@@ -159,6 +160,13 @@ class Busy(CondagateError):
 
     status_code = 503
     code = "busy"
+
+
+class StorageUnavailable(CondagateError):
+    """The blob store (an S3-compatible server) refused or did not answer: nothing was stored."""
+
+    status_code = 503
+    code = "storage_unavailable"
 
 
 class NotInSource(NotFound):

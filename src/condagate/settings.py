@@ -61,6 +61,13 @@ class Settings:
     # Behind nginx: package downloads answer X-Accel-Redirect: ACCEL_REDIRECT/<blob path> (README).
     accel_redirect: str = ""
     sendfile_header: str = ""  # e.g. X-Sendfile: the blob's absolute path, for other front servers
+    # S3 storage: "on" answers package downloads with a 302 to a presigned URL valid this long (README).
+    s3_redirect: str = "off"
+    s3_redirect_seconds: int = 300
+
+    @property
+    def presigned_redirects(self) -> bool:
+        return self.s3_redirect.strip().lower() in ("1", "on", "true", "yes")
 
     @property
     def resolved_database_url(self) -> str:

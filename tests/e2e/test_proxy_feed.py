@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import hashlib
 import json
 import os
 import subprocess
@@ -138,8 +139,13 @@ def test_conditional_refresh_and_stale_repodata(quick_retry_server: Server, upst
         assert "numpy-2.1.0-py311h0_0.conda" in recovered.json()["packages.conda"]
 
 
-def _blob_files(server: Server) -> set[str]:
-    return {p.name for p in (server.data_dir / "blobs").rglob("*") if p.is_file() and p.parent.name != "tmp"}
+def _blob_files(server: Server, upstream: UpstreamChannel) -> set[str]:
+    """The blobs of package files: not the upstream repodata kept for every replica (the upstream's
+    repodata.json.zst as received)."""
+    kept = {hashlib.sha256(path.read_bytes()).hexdigest() for path in upstream.root.glob("*/repodata.json.zst")}
+    return {
+        p.name for p in (server.data_dir / "blobs").rglob("*") if p.is_file() and p.parent.name != "tmp"
+    } - kept
 
 
 def test_corrupt_or_truncated_upstream_files_are_never_cached(server: Server, upstream: UpstreamChannel):
@@ -148,14 +154,14 @@ def test_corrupt_or_truncated_upstream_files_are_never_cached(server: Server, up
     good = (upstream.root / "linux-64" / "numpy-1.26.4-py311h0_0.conda").read_bytes()
     with server.admin() as client:  # administrators read the upstream's details; others a fixed phrase
         client.get(f"/conda/{feed}/linux-64/repodata.json")
-        blobs = _blob_files(server)
+        blobs = _blob_files(server, upstream)
         for fault, message in (("wrong_bytes", "sha256 differs"), ("truncate", "broke off")):
             setattr(upstream.faults, fault, True)
             upstream.faults.paths = (".conda",)
             refused = client.get(path)  # small files are checked before the first byte goes out
             assert refused.status_code == 502 and message in refused.json()["error"]["message"], refused.text
             upstream.faults = type(upstream.faults)()
-        assert _blob_files(server) == blobs
+        assert _blob_files(server, upstream) == blobs
         upstream.faults.status = 404
         upstream.faults.paths = (".conda",)
         gone = client.get(path)
@@ -182,7 +188,7 @@ def test_large_files_stream_and_a_mismatch_cuts_the_connection(tmp_path: Path, u
                 with pytest.raises(httpx.HTTPError):  # never the full promised Content-Length of wrong bytes
                     client.get(f"/conda/{feed}/linux-64/{name}")
                 upstream.faults = type(upstream.faults)()
-            assert _blob_files(server) == set()
+            assert _blob_files(server, upstream) == set()
             streamed = client.get(f"/conda/{feed}/linux-64/{name}")
             assert streamed.content == good and streamed.headers["content-length"] == str(len(good))
             upstream.stop()

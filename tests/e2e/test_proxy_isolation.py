@@ -174,7 +174,8 @@ def _cached_files(server: Server, connector: str) -> int:
 
 
 def _temp_files(server: Server) -> list[str]:
-    return [p.name for p in (server.data_dir / "blobs").rglob("*") if p.is_file() and "tmp" in p.parts]
+    root = server.data_dir / "blobs"
+    return [p.name for p in root.rglob("*") if p.is_file() and "tmp" in p.relative_to(root).parts]
 
 
 def test_a_download_nobody_waits_for_stops_unless_it_is_mirrored(

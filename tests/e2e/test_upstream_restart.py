@@ -1,17 +1,21 @@
 """After a restart, a proxy feed serves the kept copy of its upstream's repodata exactly as before: the
-records the checks dropped or rewrote stay so, and a kept copy that is not the one condagate checked
-is checked again, record by record."""
+records the checks dropped or rewrote stay so (the note in the database row that names the kept blob),
+a kept blob that is not the one condagate checked is checked again, record by record, and this host's
+copy of it is used only when it is the row's."""
 
 from __future__ import annotations
 
 import json
-import stat
 from pathlib import Path
+from typing import Any
 
 import zstandard
+from sqlalchemy import text
 from test_proxy_isolation import _connector, _feed, _inject
 
-from servers import start_server
+from condagate.store.db import make_engine
+
+from servers import Server, start_server
 from upstream_channel import UpstreamChannel
 
 GOOD = {"name": "evil", "version": "1.0", "build": "0", "build_number": 0, "depends": [], "subdir": "linux-64"}
@@ -23,8 +27,24 @@ HOSTILE = {
 
 
 def _kept_copy(data_dir: Path) -> Path:
+    """This host's copy of the kept body (a cache of the blob)."""
     (folder,) = data_dir.glob("upstream/*/linux-64")
-    return folder
+    return folder / "repodata.json.zst"
+
+
+def _kept_row(server: Server) -> dict[str, Any]:
+    """The shared state of the connector's linux-64 repodata."""
+    engine = make_engine(server.database_url or f"sqlite:///{server.data_dir / 'condagate.db'}")
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT * FROM upstream_repodata WHERE subdir = 'linux-64'")).one()
+    finally:
+        engine.dispose()
+    return dict(row._mapping)
+
+
+def _blob(server: Server, sha256: str) -> Path:
+    return server.data_dir / "blobs" / sha256[:2] / sha256[2:4] / sha256
 
 
 def test_a_restart_serves_the_kept_copy_with_the_same_records_dropped_and_rewritten(
@@ -39,8 +59,9 @@ def test_a_restart_serves_the_kept_copy_with_the_same_records_dropped_and_rewrit
     finally:
         server.stop()
     upstream.stop()
-    note = _kept_copy(server.data_dir) / "checked.json"
-    assert stat.S_IMODE(note.stat().st_mode) == 0o600
+    kept = _kept_row(server)
+    assert set(json.loads(kept["not_as_written"])) == set(HOSTILE) and len(kept["checks"]) == 64
+    assert _blob(server, kept["sha256"]).read_bytes() == _kept_copy(server.data_dir).read_bytes()
     again = start_server(server.data_dir)
     try:
         with again.client() as client:
@@ -64,10 +85,12 @@ def test_a_kept_copy_changed_behind_condagates_back_is_checked_again(tmp_path: P
     finally:
         server.stop()
     upstream.stop()
-    # The kept copy gains hostile records the note (bound to the old copy's digest) does not name.
+    # The kept blob (and this host's copy) gain hostile records the note (bound to the blob's sha256)
+    # does not name.
     _inject(upstream, "linux-64", HOSTILE)
-    kept = _kept_copy(server.data_dir) / "repodata.json.zst"
-    kept.write_bytes(zstandard.ZstdCompressor().compress((upstream.root / "linux-64" / "repodata.json").read_bytes()))
+    changed = zstandard.ZstdCompressor().compress((upstream.root / "linux-64" / "repodata.json").read_bytes())
+    _blob(server, _kept_row(server)["sha256"]).write_bytes(changed)
+    _kept_copy(server.data_dir).write_bytes(changed)
     again = start_server(server.data_dir)
     try:
         with again.client() as client:
@@ -81,27 +104,63 @@ def test_a_kept_copy_changed_behind_condagates_back_is_checked_again(tmp_path: P
     assert "url" not in listed["evil-1.0-0.conda"]
 
 
-def test_a_note_others_could_have_written_is_not_trusted(tmp_path: Path, upstream: UpstreamChannel):
+def test_a_local_copy_that_is_not_the_rows_is_not_used(tmp_path: Path, upstream: UpstreamChannel):
+    server = start_server(tmp_path / "data")
+    try:
+        feed = _feed(server, [_connector(server, upstream.url)])
+        with server.client() as client:
+            first = client.get(f"/conda/{feed}/linux-64/repodata.json")
+            assert first.status_code == 200
+    finally:
+        server.stop()
+    upstream.stop()
+    # This host's copy is replaced by one with hostile records: were it read with the row's note (which
+    # names none of them), they would be served unchecked.
+    _inject(upstream, "linux-64", HOSTILE)
+    copy = _kept_copy(server.data_dir)
+    copy.write_bytes(zstandard.ZstdCompressor().compress((upstream.root / "linux-64" / "repodata.json").read_bytes()))
+    copy.chmod(0o666)
+    again = start_server(server.data_dir)
+    try:
+        with again.client() as client:
+            response = client.get(f"/conda/{feed}/linux-64/repodata.json")
+    finally:
+        again.stop()
+    assert response.status_code == 200 and response.json() == first.json()  # the row's blob, as before
+    assert not [name for name in response.json()["packages.conda"] if name.startswith("evil")]
+    assert copy.read_bytes() == _blob(server, _kept_row(server)["sha256"]).read_bytes()  # the copy set right
+
+
+def test_a_copy_kept_by_an_older_version_is_taken_over(tmp_path: Path, upstream: UpstreamChannel):
+    """Before the shared state, the copy and a meta.json naming its address were all there was: an upgrade
+    with the upstream down still serves it (every record checked), and keeps it for every replica."""
     _inject(upstream, "linux-64", HOSTILE)
     server = start_server(tmp_path / "data")
     try:
         feed = _feed(server, [_connector(server, upstream.url)])
         with server.client() as client:
-            assert client.get(f"/conda/{feed}/linux-64/repodata.json").status_code == 200
+            first = client.get(f"/conda/{feed}/linux-64/repodata.json").json()
     finally:
         server.stop()
     upstream.stop()
-    # A note that names no record as dropped, but group- and world-writable: it must be ignored.
-    note = _kept_copy(server.data_dir) / "checked.json"
-    content = json.loads(note.read_text())
-    assert set(content["not_as_written"]) == set(HOSTILE)
-    note.write_text(json.dumps({**content, "not_as_written": []}))
-    note.chmod(0o666)
+    kept = _kept_row(server)
+    engine = make_engine(f"sqlite:///{server.data_dir / 'condagate.db'}")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM upstream_repodata"))
+    finally:
+        engine.dispose()
+    _blob(server, kept["sha256"]).unlink()
+    meta = _kept_copy(server.data_dir).with_name("meta.json")
+    meta.write_text(json.dumps({"etag": kept["etag"], "url": upstream.url, "saved_at": "2026-01-01T00:00:00+00:00"}))
     again = start_server(server.data_dir)
     try:
         with again.client() as client:
-            listed = client.get(f"/conda/{feed}/linux-64/repodata.json").json()["packages.conda"]
+            response = client.get(f"/conda/{feed}/linux-64/repodata.json")
     finally:
         again.stop()
-    assert [name for name in listed if name.startswith("evil")] == ["evil-1.0-0.conda"]
-    assert "url" not in listed["evil-1.0-0.conda"]
+    assert response.status_code == 200 and response.json() == first
+    taken = _kept_row(server)
+    assert (taken["sha256"], taken["etag"]) == (kept["sha256"], kept["etag"])
+    assert _blob(server, kept["sha256"]).is_file()
+    assert set(json.loads(taken["not_as_written"])) == set(HOSTILE) and not meta.exists()

@@ -62,7 +62,7 @@ def create_key(
             key = create_admin_key(services)
         finally:
             services.close()
-    except (CondagateError, OSError, SQLAlchemyError) as exc:
+    except (CondagateError, OSError, SQLAlchemyError, ValueError) as exc:
         fail(f"cannot create the key in {settings.database_url or folder}: {exc}")
     if json_output:
         print(json.dumps({"user": ADMIN_USER, "key": key}), flush=True)

@@ -82,7 +82,7 @@ def check(
                 report = consistency.check(services, repair=repair, quick=quick)
         finally:
             services.close()
-    except (CondagateError, OSError, SQLAlchemyError) as exc:
+    except (CondagateError, OSError, SQLAlchemyError, ValueError) as exc:
         fail(f"cannot check {settings.database_url or folder}: {exc}")
     if json_output:
         print(json.dumps(report.as_json()), flush=True)

@@ -35,7 +35,7 @@ def serve(
     from sqlalchemy.exc import SQLAlchemyError
 
     from condagate import telemetry
-    from condagate.errors import BadRequest
+    from condagate.errors import BadRequest, StorageUnavailable
     from condagate.logs import configure_logging, granian_log_config
     from condagate.services.bootstrap import ensure_admin_key, housekeeping
     from condagate.services.connectors import ensure_built_in_connectors
@@ -63,13 +63,23 @@ def serve(
     except (OSError, SQLAlchemyError) as exc:
         reason = getattr(exc, "strerror", None) or str(getattr(exc, "orig", None) or exc).splitlines()[0]
         _stop(f"cannot use the data folder {settings.data_dir}: {reason}")
+    except ValueError as exc:  # a storage URL that names no bucket
+        _stop(str(exc))
+    try:
+        services.blobs.check()
+    except StorageUnavailable as exc:
+        services.close()
+        _stop(f"cannot use the blob storage {services.blobs.description}: {exc.message}")
     try:
         # Leftovers of a crash; only here, before any worker runs (a worker may be respawned while
         # others are writing their temp files).
         services.blobs.clean_temp_files()
-        started = ensure_admin_key(services)
-        ensure_built_in_connectors(services)
-        housekeeping(services)
+        # Replicas starting together on one database: one at a time makes the first key and the
+        # built-in connectors (each checks, then inserts).
+        with services.locks.held("start-up"):
+            started = ensure_admin_key(services)
+            ensure_built_in_connectors(services)
+            housekeeping(services)
     finally:
         services.close()
     if started.from_environment:

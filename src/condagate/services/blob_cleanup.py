@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from condagate.services.context import Services
+from typing import TYPE_CHECKING
+
 from condagate.store import packages as package_store
-from condagate.store.locks import held
+
+if TYPE_CHECKING:  # services.context builds services.upstream_state, which uses blob_lock_name
+    from condagate.services.context import Services
 
 
 def blob_lock_name(sha256: str) -> str:
@@ -13,7 +16,7 @@ def blob_lock_name(sha256: str) -> str:
 
 
 def delete_if_unused(services: Services, sha256: str) -> None:
-    with held(services.locks_dir, blob_lock_name(sha256)):
+    with services.locks.held(blob_lock_name(sha256)):
         delete_unused_locked(services, sha256)
 
 

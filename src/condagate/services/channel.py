@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -27,6 +26,7 @@ from condagate.services.subdir_snapshot import SubdirSnapshot
 from condagate.store import connectors as connector_store
 from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
+from condagate.store.blobs import StoredBlob
 from condagate.upstream.connector import ConnectorConfig
 from condagate.upstream.repodata_cache import Pending, UpstreamSnapshot
 
@@ -177,7 +177,7 @@ class PackageBlob:
     subdir: str
     filename: str
     sha256: str
-    path: Path
+    stored: StoredBlob  # its size and modification time in the blob store, when located
     replaceable: bool = False  # a feed's own file (upload --force may replace it), not an upstream one
     # What the download check needs (set when located through a feed): its SCA policy, the record's bytes.
     policy: FeedPolicy | None = None
@@ -198,8 +198,10 @@ class UpstreamPackage:
 
 def locate_package(services: Services, feed_name: str, subdir: str, filename: str) -> PackageBlob | UpstreamPackage:
     found: PackageBlob | None = services.lookups.recent_file(feed_name, subdir, filename)
-    if found is not None and found.path.is_file():
-        return found
+    if found is not None:
+        stored = services.blobs.stat(found.sha256)
+        if stored is not None:
+            return replace(found, stored=stored)
     located = _locate_package(services, feed_name, subdir, filename)
     if isinstance(located, PackageBlob):
         services.lookups.remember_file(feed_name, subdir, filename, located)
@@ -277,10 +279,11 @@ def cached_blob(
         sha256 = row.sha256
     if isinstance(expected_sha256, str) and expected_sha256 and expected_sha256.lower() != sha256:
         return None
-    if not services.blobs.exists(sha256):
+    stored = services.blobs.stat(sha256)
+    if stored is None:
         return None
     services.lookups.remember_cached_file(connector_id, subdir, filename, sha256)
-    return PackageBlob(feed_id, subdir, filename, sha256, services.blobs.local_path(sha256))
+    return PackageBlob(feed_id, subdir, filename, sha256, stored)
 
 
 def _connector_listing(services: Services, feed: FeedRef, subdir: str, filename: str) -> ConnectorConfig:
@@ -293,7 +296,7 @@ def _connector_listing(services: Services, feed: FeedRef, subdir: str, filename:
 
 
 def _blob(services: Services, feed_id: int, subdir: str, filename: str, sha256: str, feed_name: str) -> PackageBlob:
-    path = services.blobs.local_path(sha256)
-    if not path.is_file():
+    stored = services.blobs.stat(sha256)
+    if stored is None:
         raise PackageNotFound(f"{subdir}/{filename} is listed in feed {feed_name!r} but its file is missing")
-    return PackageBlob(feed_id, subdir, filename, sha256, path, replaceable=True)
+    return PackageBlob(feed_id, subdir, filename, sha256, stored, replaceable=True)

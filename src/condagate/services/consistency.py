@@ -1,5 +1,6 @@
 """``condagate check``: blobs against the rows that use them, rows against their records and their
-subdir's revision, and the upstream repodata kept on disk; ``repair`` fixes what is safe to fix.
+subdir's revision, the upstream repodata kept for every replica (a row and a blob per connector subdir)
+and this host's copies of it; ``repair`` fixes what is safe to fix.
 
 Run on the server's host, while the server runs or not. What a running server may be doing is
 respected: an orphan blob younger than an hour is kept (an upload's blob is in place a moment before
@@ -12,10 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
-
-import zstandard
 
 from condagate.services.consistency_repair import (
     BlobState,
@@ -23,6 +21,7 @@ from condagate.services.consistency_repair import (
     FileRef,
     clear_broken,
     forget_cached,
+    forget_upstream_state,
     mark_broken,
     remove_orphan,
     remove_upstream_copy,
@@ -49,8 +48,10 @@ from condagate.services.consistency_report import (
 )
 from condagate.services.context import Services
 from condagate.store import consistency as consistency_store
+from condagate.store import upstream_state as upstream_state_store
 from condagate.store.blobs import StoredBlob
 from condagate.store.consistency import CachedRow, FileRow
+from condagate.store.upstream_state import StateRow
 
 
 def record_disagreements(record_json: str, columns: dict[str, object]) -> list[str]:
@@ -77,18 +78,21 @@ def check(
     stored = {blob.sha256: blob for blob in services.blobs.scan()}
     report.blobs = len(stored)
     files, cached = _read_rows(services, report)
-    referenced = {ref.sha256 for ref in files} | {ref.sha256 for ref in cached}
+    with services.db.read() as session:
+        kept = upstream_state_store.all_rows(session=session)
+    referenced = {ref.sha256 for ref in files} | {ref.sha256 for ref in cached} | {row.sha256 for row in kept}
     orphans = [stored[sha256] for sha256 in sorted(stored.keys() - referenced)]
     states = _blob_states(services, referenced, stored, quick, progress, report)
     _check_orphans(services, orphans, repair, report)
     _check_files(services, files, states, repair, report)
     _check_cached(services, cached, states, repair, report)
     _check_subdirs(services, repair, report)
+    _check_upstream_states(services, kept, states, repair, report)
     _check_upstream_copies(services, repair, report)
     temp_files = services.blobs.temp_files()
     if temp_files:
         report.notes.append(
-            f"{len(temp_files)} temp file(s) in {services.blobs.tmp}: uploads or downloads in flight, or "
+            f"{len(temp_files)} temp file(s) in {temp_files[0].parent}: uploads or downloads in flight, or "
             "left by a crash (the server removes those when it starts); not orphans"
         )
     return report
@@ -196,7 +200,8 @@ def _check_orphans(services: Services, orphans: list[StoredBlob], repair: bool, 
         problem = Problem(
             ORPHAN_BLOB,
             f"blob {blob.sha256}",
-            f"no package file or cached copy uses this blob ({blob.size} bytes, {_age(age)} old)",
+            f"no package file, cached copy or kept upstream repodata uses this blob ({blob.size} bytes, "
+            f"{_age(age)} old)",
             {"sha256": blob.sha256, "size": blob.size, "age_seconds": int(age)},
         )
         report.problems.append(problem)
@@ -310,9 +315,35 @@ def _check_subdirs(services: Services, repair: bool, report: Report) -> None:
             restore_subdir_revision(services, subdir.feed_id, subdir.subdir, problem)
 
 
+def _check_upstream_states(
+    services: Services, kept: list[StateRow], states: dict[str, BlobState], repair: bool, report: Report
+) -> None:
+    """The upstream repodata kept for every replica: each row's blob must be there, with its bytes."""
+    for row in kept:
+        subject = f"connector {row.connector_id}: {row.subdir}/repodata.json.zst"
+        problem = _blob_problem(
+            subject,
+            row.sha256,
+            row.size,
+            states[row.sha256],
+            UPSTREAM_COPY_UNREADABLE,
+            UPSTREAM_COPY_UNREADABLE,
+            UPSTREAM_COPY_UNREADABLE,
+        )
+        if problem is None:
+            continue
+        problem.message = (
+            f"the kept upstream repodata is unusable ({problem.message}): it cannot serve while the upstream is down"
+        )
+        problem.details.update(connector_id=row.connector_id, subdir=row.subdir)
+        report.problems.append(problem)
+        if repair:
+            forget_upstream_state(services, row, states[row.sha256], problem)
+
+
 def _check_upstream_copies(services: Services, repair: bool, report: Report) -> None:
-    """The last good repodata of each connector subdir, kept on disk by ``upstream.repodata_cache``
-    (DATA_DIR/upstream/CONNECTOR_ID/SUBDIR/{repodata.json.zst,meta.json})."""
+    """This host's copies of the kept upstream repodata (DATA_DIR/upstream/CONNECTOR_ID/SUBDIR), a cache
+    used only when its sha256 is the row's: a folder of a connector that no longer exists is a problem."""
     root = services.settings.data_dir / "upstream"
     if not root.is_dir():
         return
@@ -321,47 +352,15 @@ def _check_upstream_copies(services: Services, repair: bool, report: Report) -> 
         known = consistency_store.connector_ids(session=session)
     for folder in folders:
         if not folder.name.isdigit() or int(folder.name) not in known:
-            _upstream_problem(
-                folder,
+            problem = Problem(
                 UPSTREAM_COPY_WITHOUT_CONNECTOR,
+                str(folder),
                 f"upstream repodata kept for connector id {folder.name}, which no longer exists",
-                repair,
-                report,
+                {"path": str(folder)},
             )
-            continue
-        for subdir in sorted(path for path in folder.iterdir() if path.is_dir()):
-            error = _unreadable(subdir)
-            if error:
-                _upstream_problem(
-                    subdir,
-                    UPSTREAM_COPY_UNREADABLE,
-                    f"the kept upstream repodata is unreadable ({error}): it cannot serve while the upstream is down",
-                    repair,
-                    report,
-                )
-
-
-def _unreadable(folder: Path) -> str:
-    data, meta = folder / "repodata.json.zst", folder / "meta.json"
-    if not data.exists() and not meta.exists():
-        return ""
-    try:
-        if not isinstance(json.loads(meta.read_text()), dict):
-            return "meta.json is not a JSON object"
-        with data.open("rb") as handle, zstandard.ZstdDecompressor().stream_reader(handle) as reader:
-            first = reader.read(1)
-            while reader.read(1 << 20):
-                pass
-    except (OSError, ValueError, zstandard.ZstdError) as exc:
-        return str(exc) or type(exc).__name__
-    return "" if first == b"{" else "repodata.json.zst does not hold a JSON object"
-
-
-def _upstream_problem(folder: Path, kind: str, message: str, repair: bool, report: Report) -> None:
-    problem = Problem(kind, str(folder), message, {"path": str(folder)})
-    report.problems.append(problem)
-    if repair:
-        remove_upstream_copy(folder, problem)
+            report.problems.append(problem)
+            if repair:
+                remove_upstream_copy(folder, problem)
 
 
 def _age(seconds: float) -> str:

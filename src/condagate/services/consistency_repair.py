@@ -12,8 +12,9 @@ from condagate.services.consistency_report import MISSING_BLOB, RECORD_MISMATCH,
 from condagate.services.context import Services
 from condagate.store import consistency as consistency_store
 from condagate.store import packages as package_store
+from condagate.store import upstream_state as upstream_state_store
 from condagate.store.blobs import StoredBlob
-from condagate.store.locks import held
+from condagate.store.upstream_state import StateRow
 
 ORPHAN_MIN_AGE_SECONDS = 3600.0  # an upload in flight has its blob in place before its row commits
 
@@ -47,7 +48,7 @@ class CachedRef:
 
 
 def mark_broken(services: Services, ref: FileRef, state: BlobState, problems: list[Problem]) -> None:
-    with held(services.locks_dir, blob_lock_name(ref.sha256)):
+    with services.locks.held(blob_lock_name(ref.sha256)):
         if state.size is None and services.blobs.exists(ref.sha256):
             for problem in problems:
                 if problem.kind == MISSING_BLOB:
@@ -66,7 +67,7 @@ def mark_broken(services: Services, ref: FileRef, state: BlobState, problems: li
             problem.action += f"; its bytes moved to {quarantined}"
 
 
-def _quarantine_if_corrupt(services: Services, sha256: str, size: int, state: BlobState) -> Path | None:
+def _quarantine_if_corrupt(services: Services, sha256: str, size: int, state: BlobState) -> str | None:
     """Move aside a blob whose bytes are not what its name says (the caller holds its lock), so that
     uploading (or fetching) the right bytes again stores them. A size mismatch found by ``--quick``
     is hashed here to tell a wrong blob from a wrong row."""
@@ -99,7 +100,7 @@ def _reason(problem: Problem) -> str:
 
 def forget_cached(services: Services, ref: CachedRef, state: BlobState, problems: list[Problem]) -> None:
     """A cached copy is a cache: forget it, and the next download fetches the file from the upstream again."""
-    with held(services.locks_dir, blob_lock_name(ref.sha256)):
+    with services.locks.held(blob_lock_name(ref.sha256)):
         with services.db.write() as session:
             forgotten = consistency_store.forget_cached_package(
                 session=session,
@@ -128,7 +129,7 @@ def remove_orphan(services: Services, blob: StoredBlob, age: float, problem: Pro
             "kept: younger than an hour (an upload may be in flight); run 'condagate check --repair' again later"
         )
         return
-    with held(services.locks_dir, blob_lock_name(blob.sha256)):
+    with services.locks.held(blob_lock_name(blob.sha256)):
         with services.db.read() as session:
             in_use = package_store.sha256_in_use(session=session, sha256=blob.sha256)
         if in_use:
@@ -142,6 +143,25 @@ def restore_subdir_revision(services: Services, feed_id: int, subdir: str, probl
     with services.db.write() as session:
         restored = consistency_store.restore_subdir_revision(session=session, feed_id=feed_id, subdir=subdir)
     problem.repaired, problem.action = True, f"revision set to {restored} (repodata rebuilt on next request)"
+
+
+def forget_upstream_state(services: Services, row: StateRow, state: BlobState, problem: Problem) -> None:
+    """Kept upstream repodata whose blob is missing or wrong: drop the row (the next check of the
+    upstream keeps a new copy); a blob with other bytes is moved aside."""
+    with services.locks.held(blob_lock_name(row.sha256)):
+        with services.db.write(quiet=True) as session:
+            removed = upstream_state_store.remove(
+                session=session, connector_id=row.connector_id, subdir=row.subdir, sha256=row.sha256
+            )
+        quarantined = _quarantine_if_corrupt(services, row.sha256, row.size, state) if removed else None
+    if removed and quarantined is None and state.size is not None:
+        delete_if_unused(services, row.sha256)
+    problem.repaired = bool(removed)
+    problem.action = (
+        "removed (fetched again from the upstream when asked for)" if removed else "kept: the row changed meanwhile"
+    )
+    if quarantined is not None:
+        problem.action += f"; its bytes moved to {quarantined}"
 
 
 def remove_upstream_copy(folder: Path, problem: Problem) -> None:

@@ -16,11 +16,13 @@ from condagate.services.access_recorder import AccessRecorder
 from condagate.services.downloads import DownloadCounter
 from condagate.services.lookups import RecentLookups
 from condagate.services.repodata_cache import RepodataCache
+from condagate.services.upstream_state import SharedUpstreamState
 from condagate.settings import Settings
 from condagate.store import connectors as connector_store
-from condagate.store.blobs import LocalBlobStore, open_blob_store
+from condagate.store.blobs import BlobStore, open_blob_store
 from condagate.store.change_signal import ChangeSignal
 from condagate.store.db import Database, migrate
+from condagate.store.locks import Locks, open_locks
 from condagate.store.pg_listener import start_listener
 from condagate.upstream.repodata_cache import UpstreamRepodataCache
 
@@ -29,7 +31,8 @@ from condagate.upstream.repodata_cache import UpstreamRepodataCache
 class Services:
     settings: Settings
     db: Database
-    blobs: LocalBlobStore
+    blobs: BlobStore
+    locks: Locks  # cross-process (and, on PostgreSQL, cross-replica) named locks
     repodata: RepodataCache
     upstream: UpstreamRepodataCache
     downloads: DownloadCounter
@@ -43,12 +46,18 @@ class Services:
     failed_user_logins: FailureLimiter  # per user name: wrong passwords
 
     @classmethod
-    def open(cls, settings: Settings, transport: Any = None, async_transport: Any = None) -> Services:
-        """Build every service; tests may inject httpx transports for the upstream connections."""
+    def open(
+        cls, settings: Settings, transport: Any = None, async_transport: Any = None, migrated: bool = False
+    ) -> Services:
+        """Build every service; tests may inject httpx transports for the upstream connections.
+        ``migrated``: the schema is known to be current (``serve`` migrated before starting workers)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         settings.data_dir.chmod(0o700)  # it holds the database and the key of upstream credentials
         db = Database(settings.resolved_database_url)
-        migrate(db.engine)
+        locks = open_locks(settings.resolved_database_url, db.engine, settings.data_dir)
+        if not migrated:
+            with locks.held("migrations"):  # replicas starting together migrate one after the other
+                migrate(db.engine)
         sqlite = settings.resolved_database_url.startswith("sqlite")
         changes = ChangeSignal(
             settings.data_dir / "run" / "changes", max_age=None if sqlite else settings.change_max_age_seconds
@@ -58,7 +67,8 @@ class Services:
         secretbox.install(SecretBox.from_settings(settings.secret_key, settings.data_dir / "secret.key"))
         access = AccessControl(db, settings.security_refresh_seconds)
         access.reload()
-        blobs = open_blob_store(settings.resolved_storage_url)
+        instance = _instance_id(settings.data_dir)
+        blobs = open_blob_store(settings.resolved_storage_url, settings.data_dir / "tmp", instance)
         user_agent = {"User-Agent": "condagate (conda proxy)"}
         http = httpx.Client(follow_redirects=True, transport=transport, headers=user_agent)
         http_async = httpx.AsyncClient(follow_redirects=True, transport=async_transport, headers=user_agent)
@@ -74,9 +84,10 @@ class Services:
                 )
 
         upstream = UpstreamRepodataCache(
-            settings.data_dir / "upstream",
+            settings.data_dir / "upstream",  # this host's copies; the shared state is the truth
             http,
             record_health,
+            shared=SharedUpstreamState(db, blobs, locks),
             record_listing=record_listing,
             concurrency=settings.upstream_concurrency,
             backoff_seconds=settings.upstream_backoff_seconds,
@@ -89,6 +100,7 @@ class Services:
             settings=settings,
             db=db,
             blobs=blobs,
+            locks=locks,
             repodata=RepodataCache(db, upstream),
             upstream=upstream,
             downloads=DownloadCounter(db),
@@ -102,10 +114,6 @@ class Services:
             failed_user_logins=FailureLimiter(10, 900.0),
         )
 
-    @property
-    def locks_dir(self) -> Path:
-        return self.settings.data_dir / "locks"
-
     def flush(self) -> None:
         """Write what is counted in memory: downloads, the access log, keys' last use."""
         self.downloads.flush()
@@ -117,6 +125,19 @@ class Services:
         self.http.close()
         self.db.dispose()
         self.changes.close()
+
+
+def _instance_id(data_dir: Path) -> str:
+    """This server's name among replicas (made at its first start, kept in its data folder)."""
+    path = data_dir / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import secrets
+
+        instance = secrets.token_hex(4)
+        path.write_text(instance + "\n")
+        return instance
 
 
 def _owner_only(database_url: str) -> None:

@@ -20,7 +20,6 @@ from condagate.services.blob_cleanup import blob_lock_name, delete_unused_locked
 from condagate.services.channel import FeedRef, resolve_feed
 from condagate.services.context import Services
 from condagate.store import packages as package_store
-from condagate.store.locks import held
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ def _with_upstream_listing(services: Services, feed: FeedRef, removed: list[Remo
 
 def _delete_blob_if_unused(services: Services, sha256: str) -> bool:
     """Delete the blob unless a row (any feed's file, any connector's cached copy) still uses it."""
-    with held(services.locks_dir, blob_lock_name(sha256)):
+    with services.locks.held(blob_lock_name(sha256)):
         if not services.blobs.exists(sha256):
             return False
         delete_unused_locked(services, sha256)

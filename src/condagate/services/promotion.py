@@ -115,14 +115,14 @@ def _candidate(services: Services, key: tuple[str, str], located: LocatedFile) -
         )
     assert located.blob is not None, f"{subdir}/{filename} was not fetched"
     sha256 = located.blob.sha256
-    path = services.blobs.local_path(sha256)
     record = dict(located.record)
     try:
-        # Validates the archive (a target holds only packages an upload would accept); reads about.json.
-        metadata = read_package(path, filename, expected_subdir=subdir)
-        record["size"] = path.stat().st_size
-        if not isinstance(record.get("md5"), str) or not record["md5"]:
-            record["md5"] = _md5_of(path)
+        with services.blobs.readable_copy(sha256) as path:
+            # Validates the archive (a target holds only packages an upload would accept); reads about.json.
+            metadata = read_package(path, filename, expected_subdir=subdir)
+            record["size"] = path.stat().st_size
+            if not isinstance(record.get("md5"), str) or not record["md5"]:
+                record["md5"] = _md5_of(path)
     except FileNotFoundError:
         raise PackageNotFound(f"{subdir}/{filename}: its cached file was removed meanwhile; try again") from None
     record["sha256"] = sha256

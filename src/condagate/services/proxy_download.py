@@ -29,7 +29,7 @@ from condagate.services.channel import PackageBlob, UpstreamPackage, cached_blob
 from condagate.services.context import Services
 from condagate.store import connectors as connector_store
 from condagate.store.blobs import IncomingBlob
-from condagate.store.locks import FileLock, held
+from condagate.store.locks import Lock
 from condagate.upstream import http as upstream_http
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class UpstreamStream:
         services: Services,
         item: UpstreamPackage,
         response: httpx.Response,
-        lock: FileLock,
+        lock: Lock,
         keep_going: bool = False,
         started: float | None = None,
     ) -> None:
@@ -100,7 +100,10 @@ class UpstreamStream:
         """Download, verify and cache the whole file before answering (small files)."""
         sha256 = await self._download(self.services.blobs.incoming())
         item = self.item
-        return PackageBlob(item.feed_id, item.subdir, item.filename, sha256, self.services.blobs.local_path(sha256))
+        stored = await run_in_threadpool(self.services.blobs.stat, sha256)
+        if stored is None:  # removed between its commit and now (an administrator's clean-up)
+            raise UpstreamUnavailable(f"{self._what} was cached and removed at once: try again")
+        return PackageBlob(item.feed_id, item.subdir, item.filename, sha256, stored)
 
     def start(self) -> None:
         """Start the download as a task of its own, at the upstream's pace: a slow or stalled client
@@ -181,7 +184,7 @@ class UpstreamStream:
 
     def _commit(self, incoming: IncomingBlob) -> None:
         sha256 = incoming.sha256.hexdigest()
-        with held(self.services.locks_dir, blob_lock_name(sha256)):
+        with self.services.locks.held(blob_lock_name(sha256)):
             self.services.blobs.commit(incoming)
             with self.services.db.write() as session:
                 connector_store.add_cached_package(
@@ -231,7 +234,7 @@ async def open_upstream(
     """Either the file is cached by now (another request fetched it), or an open upstream stream.
     ``keep_going``: finish the download even if the client leaves (mirroring)."""
     connector = item.connector
-    lock = FileLock(services.locks_dir, f"{connector.id}/{item.subdir}/{item.filename}")
+    lock = services.locks.lock(f"{connector.id}/{item.subdir}/{item.filename}")
     if not await lock.acquire(timeout=connector.timeout_seconds * 10):
         message = f"another download of {item.filename} from {connector.name!r} is still running"
         raise UpstreamTimeout(message, public=message)

@@ -27,7 +27,6 @@ from condagate.store import feeds as feed_store
 from condagate.store import packages as package_store
 from condagate.store.blobs import IncomingBlob
 from condagate.store.db import WriteConflict
-from condagate.store.locks import held
 from condagate.store.models import PackageFile
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ def _publish_locked(
     new_blobs: list[str] = []
     with contextlib.ExitStack() as locks:
         for sha256 in sorted({c.sha256 for c in candidates}):
-            locks.enter_context(held(services.locks_dir, blob_lock_name(sha256)))
+            locks.enter_context(services.locks.held(blob_lock_name(sha256)))
         try:
             for candidate in candidates:
                 if candidate.incoming is not None:

@@ -1,7 +1,15 @@
 """Content-addressed blob storage: a blob's name is the sha256 of its bytes.
 
-Writes are atomic (temp file in the same folder tree, fsync, rename), so a reader never sees a
-partial blob and a crash never leaves one under a real name.
+Services see the ``BlobStore`` interface only: bytes go in through a hashed local temp file
+(``incoming`` → ``commit``), come out as chunks (``open``, with a byte range), and are described by
+``stat``. Two backends implement it: a local folder (``store/local_blobs.py``) and an S3-compatible
+bucket (``store/s3_blobs.py``), chosen by ``CONDAGATE_STORAGE_URL``. A blob appears under its real
+name only whole (rename, or a completed S3 PUT), so a reader never sees a partial blob and a crash
+never leaves one.
+
+Two capabilities are for the web layer alone: ``file_for_sending`` (a local backend's file, for the
+server's ``pathsend`` and ``X-Accel-Redirect``) and ``presigned_url`` (an S3 backend's short-lived
+download address).
 """
 
 from __future__ import annotations
@@ -10,24 +18,23 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1024 * 1024
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1024 * 1024
 
 # Fault injection for the crash test of ``condagate check`` (tests/e2e/test_check.py): with
-# CONDAGATE_FAULT_AFTER_BLOB_STORED=exit the process dies right after a new blob is renamed into
-# place and before its row is committed -- the one window where a crash leaves an orphan blob.
+# CONDAGATE_FAULT_AFTER_BLOB_STORED=exit the process dies right after a new blob is stored under
+# its name and before its row is committed -- the one window where a crash leaves an orphan blob.
 FAULT_AFTER_BLOB_STORED = "CONDAGATE_FAULT_AFTER_BLOB_STORED"
 
 
 @dataclass(frozen=True)
 class StoredBlob:
-    """A blob as found on disk by a scan: its name, size and modification time (``time.time()``)."""
+    """A stored blob: its name, size and modification time (``time.time()``)."""
 
     sha256: str
     size: int
@@ -36,7 +43,7 @@ class StoredBlob:
 
 @dataclass
 class IncomingBlob:
-    """A temp file being written, hashed as it grows."""
+    """A local temp file being written, hashed as it grows; ``commit`` stores it under its sha256."""
 
     path: Path
     handle: BinaryIO
@@ -62,126 +69,99 @@ class IncomingBlob:
             self.path.unlink()
 
 
+class BlobReader(Protocol):
+    """An open blob (or a byte range of it), read as chunks; close it when done."""
+
+    size: int  # bytes this reader yields
+
+    def read(self, count: int = CHUNK) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class BlobStore(Protocol):
+    description: str  # where the blobs are, for messages (never a secret)
+
     def incoming(self) -> IncomingBlob: ...
 
     def commit(self, incoming: IncomingBlob) -> bool:
-        """Move a finished temp file under its sha256; True when the blob is new."""
+        """Store a finished temp file under its sha256; True when the blob is new. Raises
+        ``StorageUnavailable`` when the store cannot take it (nothing is stored then)."""
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store small bytes (kept state, not packages); returns their sha256."""
+
+    def read_bytes(self, sha256: str) -> bytes | None:
+        """A small blob's bytes, or None when it is missing."""
 
     def exists(self, sha256: str) -> bool: ...
 
-    def local_path(self, sha256: str) -> Path: ...
+    def stat(self, sha256: str) -> StoredBlob | None:
+        """Size and modification time of a blob, or None when it is missing."""
+
+    def open(self, sha256: str, start: int = 0, end: int | None = None) -> BlobReader | None:
+        """Bytes ``start`` up to ``end`` (exclusive; None: to the end) of a blob; None when missing."""
 
     def delete(self, sha256: str) -> None: ...
 
+    def scan(self) -> Iterator[StoredBlob]:
+        """Every blob under its sha256 name (temp files and quarantined blobs are not blobs)."""
 
-def _require_sha256(sha256: str) -> str:
-    if not _SHA256_RE.match(sha256):
+    def digest(self, sha256: str, progress: Callable[[int], None] | None = None) -> tuple[str, int] | None:
+        """The sha256 and size of a blob's bytes as they are now (None when missing)."""
+
+    def quarantine(self, sha256: str) -> str | None:
+        """Move a blob whose bytes do not match its name aside (kept for inspection); where it went,
+        or None when it is missing."""
+
+    def temp_files(self) -> list[Path]:
+        """This host's temp files: uploads and proxy downloads in flight, or leftovers of a crash."""
+
+    def clean_temp_files(self) -> int:
+        """Remove temp files left by a crash; called once at start, before any worker runs."""
+
+    def readable_copy(self, sha256: str) -> contextlib.AbstractContextManager[Path]:
+        """A local file with the blob's bytes for reading an archive's contents (the blob itself for a
+        local store, a temp copy otherwise); raises FileNotFoundError when the blob is missing."""
+
+    def file_for_sending(self, sha256: str) -> Path | None:
+        """Web layer only: the local file the server may send itself, or None (not a local store)."""
+
+    def presigned_url(self, sha256: str, filename: str, expires_seconds: int) -> str | None:
+        """Web layer only: a short-lived download address, or None where the store has none."""
+
+    def check(self) -> None:
+        """Raise ``StorageUnavailable`` with the reason when the store cannot be used (at start)."""
+
+
+def require_sha256(sha256: str) -> str:
+    if not SHA256_RE.match(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return sha256
 
 
-class LocalBlobStore:
-    """Blobs in a local folder: ``ROOT/ab/cd/abcd...``; temp files in ``ROOT/tmp``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tmp = root / "tmp"
-        self.quarantine_dir = root / "quarantine"  # blobs whose bytes no longer match their name
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        # Read once here, not per blob: see FAULT_AFTER_BLOB_STORED.
-        self._exit_after_store = os.environ.get(FAULT_AFTER_BLOB_STORED) == "exit"
-
-    def local_path(self, sha256: str) -> Path:
-        _require_sha256(sha256)
-        return self.root / sha256[:2] / sha256[2:4] / sha256
-
-    def incoming(self) -> IncomingBlob:
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="upload-")
-        return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5())  # noqa: S324
-
-    def commit(self, incoming: IncomingBlob) -> bool:
-        target = self.local_path(incoming.sha256.hexdigest())
-        if target.exists():
-            incoming.discard()
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(incoming.path, target)
-        if self._exit_after_store:
-            os._exit(70)  # the crash test: blob in place, row never committed
-        return True
-
-    def exists(self, sha256: str) -> bool:
-        return self.local_path(sha256).is_file()
-
-    def delete(self, sha256: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.local_path(sha256).unlink()
-
-    def scan(self) -> Iterator[StoredBlob]:
-        """Every blob under its sha256 name (temp files and quarantined blobs are not blobs)."""
-        for first in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
-            for second in sorted(first.glob("[0-9a-f][0-9a-f]")):
-                for path in sorted(second.iterdir()):
-                    name = path.name
-                    if not _SHA256_RE.match(name) or name[:2] != first.name or name[2:4] != second.name:
-                        continue
-                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                        stat = path.stat()
-                        if path.is_file():
-                            yield StoredBlob(name, stat.st_size, stat.st_mtime)
-
-    def stat(self, sha256: str) -> StoredBlob | None:
-        """Size and modification time of a blob, or None when it is missing."""
-        try:
-            stat = self.local_path(sha256).stat()
-        except FileNotFoundError:
-            return None
-        return StoredBlob(sha256, stat.st_size, stat.st_mtime)
-
-    def digest(self, sha256: str, progress: Callable[[int], None] | None = None) -> tuple[str, int] | None:
-        """The sha256 and size of a blob's bytes as they are now (None when it is missing);
-        ``progress`` is told every chunk's length."""
-        hasher = hashlib.sha256()
-        size = 0
-        try:
-            with self.local_path(sha256).open("rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-        except FileNotFoundError:
-            return None
-        return hasher.hexdigest(), size
-
-    def quarantine(self, sha256: str) -> Path | None:
-        """Move a blob whose bytes do not match its name aside (kept for inspection), so that the
-        next upload or proxy download of the right bytes can store them again; None when missing."""
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        target = self.quarantine_dir / sha256
-        try:
-            os.replace(self.local_path(sha256), target)
-        except FileNotFoundError:
-            return None
-        return target
-
-    def temp_files(self) -> list[Path]:
-        """Temp files: uploads and proxy downloads in flight, or leftovers of a crash (removed at start)."""
-        return sorted(self.tmp.glob("upload-*"))
-
-    def clean_temp_files(self) -> int:
-        """Remove temp files left by a crash; called once at start."""
-        removed = 0
-        for leftover in self.tmp.glob("upload-*"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed += 1
-        return removed
+def hash_reader(reader: BlobReader, progress: Callable[[int], None] | None) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        while chunk := reader.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        reader.close()
+    return hasher.hexdigest(), size
 
 
-def open_blob_store(url: str) -> LocalBlobStore:
+def open_blob_store(url: str, temp_dir: Path, owner: str = "") -> BlobStore:
+    """The store ``CONDAGATE_STORAGE_URL`` names: ``s3://bucket/prefix``, or a local folder
+    (``file://`` optional). ``temp_dir``: this host's folder for temp files of an S3 store; ``owner``
+    names this server's temp files in a local folder that replicas may share."""
     if url.startswith("s3://"):
-        raise ValueError("S3-compatible storage is not available yet; use a local folder")
-    path = url.removeprefix("file://")
-    return LocalBlobStore(Path(path).expanduser())
+        from condagate.store.s3_blobs import S3BlobStore
+
+        return S3BlobStore.from_url(url, temp_dir)
+    from condagate.store.local_blobs import LocalBlobStore
+
+    return LocalBlobStore(Path(url.removeprefix("file://")).expanduser(), owner)

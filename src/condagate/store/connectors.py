@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from condagate.errors import Conflict, NotFound
+from condagate.store import upstream_state
 from condagate.store.models import CachedPackage, Connector, ConnectorSubdirState, Feed, FeedConnector
 
 
@@ -43,7 +44,8 @@ def add_connector(*, session: Session, connector: Connector) -> Connector:
 
 
 def delete_connector(*, session: Session, name: str) -> list[str]:
-    """Delete an unused connector; returns the sha256 of the files it had cached, for blob clean-up."""
+    """Delete an unused connector; returns the sha256 of the files it had cached and of the upstream
+    repodata it kept, for blob clean-up."""
     connector = get_connector(session=session, name=name)
     used_by = feeds_using(session=session, connector_id=connector.id)
     if used_by:
@@ -53,6 +55,7 @@ def delete_connector(*, session: Session, name: str) -> list[str]:
         )
     digests = list(session.scalars(select(CachedPackage.sha256).where(CachedPackage.connector_id == connector.id)))
     session.execute(delete(CachedPackage).where(CachedPackage.connector_id == connector.id))
+    digests += upstream_state.remove(session=session, connector_id=connector.id)
     session.delete(connector)
     return digests
 

@@ -292,6 +292,28 @@ class CachedPackage(Base):
     removed_upstream_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class UpstreamRepodata(Base):
+    """The last good repodata of one connector subdir, shared by every replica: the body as kept
+    (repodata.json.zst) in the blob store, the validators the upstream sent with it, and which of its
+    records the checks dropped or rewrote (``checks``: the fingerprint of the code of the checks), so
+    that a replica reads it without checking every record again."""
+
+    __tablename__ = "upstream_repodata"
+
+    connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id", ondelete="CASCADE"), primary_key=True)
+    subdir: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)  # the connector's address it was fetched from
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # the blob
+    size: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(Text, default="")
+    last_modified: Mapped[str] = mapped_column(Text, default="")
+    fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # this body arrived (200)
+    validated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # its last 200 or 304
+    checks: Mapped[str] = mapped_column(String(64), default="")
+    # JSON list of the file names not served as written; NULL: unknown (every record is checked on load).
+    not_as_written: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class PromotionTarget(Base):
     """A feed that package versions may be promoted into from ``source_feed_id`` (the approval flow)."""
 

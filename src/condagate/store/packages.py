@@ -9,6 +9,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from condagate.store import upstream_state
 from condagate.store.models import CachedPackage, Feed, FeedConnector, PackageFile, SubdirState
 
 
@@ -89,10 +90,13 @@ def delete_file(*, session: Session, row: PackageFile) -> None:
 
 
 def sha256_in_use(*, session: Session, sha256: str) -> bool:
-    """Whether a feed's package or a connector's cached file still needs the blob."""
+    """Whether a feed's package, a connector's cached file or a connector's kept upstream repodata
+    (``store.upstream_state``) still needs the blob."""
     if session.scalar(select(PackageFile.id).where(PackageFile.sha256 == sha256).limit(1)) is not None:
         return True
-    return session.scalar(select(CachedPackage.size).where(CachedPackage.sha256 == sha256).limit(1)) is not None
+    if session.scalar(select(CachedPackage.size).where(CachedPackage.sha256 == sha256).limit(1)) is not None:
+        return True
+    return upstream_state.sha256_in_use(session=session, sha256=sha256)
 
 
 def files_of_names(*, session: Session, feed_id: int, names: list[str]) -> list[PackageFile]:

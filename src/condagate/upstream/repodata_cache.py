@@ -1,4 +1,4 @@
-"""Upstream repodata kept in memory and on disk, refreshed with conditional requests.
+"""Upstream repodata kept in memory and shared by replicas, refreshed with conditional requests.
 
 Policy (pulp's words): *on-demand*. A subdir is fetched the first time a client asks for it; after
 that it is served from the cache and re-checked once it is older than the connector's cache
@@ -15,16 +15,17 @@ lifetime. Nothing that serves requests ever waits on an upstream without a bound
   good copy at once (stale), or learn at once that there is none.
 - Cached data is never held back behind a refresh (stale-while-revalidate), also with a lifetime of
   0, where a request waits for the revalidation at most ``revalidate_wait_seconds``.
+- The last good copy is kept for every replica (``kept_copies``: a database row and a blob). A process
+  without the subdir in memory reads it from there; a due check first looks at the row: a body another
+  replica fetched or validated within the lifetime is taken as it is, otherwise the request is
+  conditional on the newest validators any replica kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -37,15 +38,11 @@ import httpx
 
 from condagate import telemetry
 from condagate.conda.repodata import compress_zstd
-from condagate.conda.upstream_repodata import (
-    UpstreamRecords,
-    checks_fingerprint,
-    parse_upstream_repodata,
-    reload_checked_repodata,
-)
+from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
 from condagate.errors import CondagateError, UpstreamUnavailable
 from condagate.upstream.connector import ConnectorConfig
-from condagate.upstream.repodata_fetch import decompress_zstd, fetch_repodata
+from condagate.upstream.kept_copies import KeptCopies, KeptState, SharedState
+from condagate.upstream.repodata_fetch import fetch_repodata
 
 log = logging.getLogger(__name__)
 _generations = itertools.count(1)
@@ -61,9 +58,11 @@ class UpstreamSnapshot:
     records: dict[str, tuple[str, bytes]]
     generation: int
     etag: str
-    checked_at: float  # time.time() of the last successful check (200 or 304)
+    checked_at: float  # time.time() of the last successful check (200 or 304), here or by another replica
     error: str = ""
     error_at: float | None = None
+    sha256: str = ""  # the kept body's blob ("" when it could not be kept)
+    last_modified: str = ""
 
     @property
     def stale(self) -> bool:
@@ -104,6 +103,7 @@ class UpstreamRepodataCache:
         http: httpx.Client,
         record_health: HealthRecorder,
         *,
+        shared: SharedState,
         concurrency: int = 2,
         backoff_seconds: float = 30.0,
         max_backoff_seconds: float = 600.0,
@@ -111,7 +111,7 @@ class UpstreamRepodataCache:
         record_listing: Callable[[int, str, set[str]], None] | None = None,
     ) -> None:
         self._record_listing = record_listing
-        self._root = root
+        self._kept = KeptCopies(root, shared)
         self._http = http
         self._record_health = record_health
         self._concurrency = concurrency
@@ -126,16 +126,13 @@ class UpstreamRepodataCache:
         self._guard = threading.Lock()
         self._load_locks: dict[Key, threading.Lock] = {}
         self._configs: dict[int, ConnectorConfig] = {}  # each connector's settings as last seen here
-
-    def _folder(self, connector: ConnectorConfig, subdir: str) -> Path:
-        return self._root / str(connector.id) / subdir
+        # When this process saw a connector's fetch settings change: a check made before is not trusted.
+        self._changed_at: dict[int, float] = {}
 
     def cached_subdirs(self, connector_id: int) -> list[str]:
-        """Subdirs of the connector held in memory or on disk (clients asked for them before)."""
-        on_disk = self._root / str(connector_id)
+        """Subdirs of the connector held in memory or kept by any replica (clients asked for them before)."""
         found = {subdir for cid, subdir in self._snapshots if cid == connector_id}
-        if on_disk.is_dir():
-            found.update(path.parent.name for path in on_disk.glob("*/repodata.json.zst"))
+        found.update(self._kept.subdirs(connector_id))
         return sorted(found)
 
     def peek(self, connector_id: int, subdir: str) -> UpstreamSnapshot | None:
@@ -147,13 +144,14 @@ class UpstreamRepodataCache:
     def _observe(self, connector: ConnectorConfig) -> None:
         """Settings come from the database with every request, so a connector changed by any worker
         process shows here: what was fetched from another address or with other credentials, or parsed
-        under other filters, is dropped (the copy on disk is parsed again, if it is from the same URL)."""
+        under other filters, is dropped (the kept copy is parsed again, if it is from the same URL)."""
         with self._guard:
             known = self._configs.get(connector.id)
             if known == connector:
                 return
             self._configs[connector.id] = connector
         if known is not None and _fetched_with(known) != _fetched_with(connector):
+            self._changed_at[connector.id] = time.time()
             self.forget(connector.id)
 
     def _current(self, connector: ConnectorConfig) -> bool:
@@ -205,7 +203,7 @@ class UpstreamRepodataCache:
         key = (connector.id, subdir)
         with self._guard:
             self._breakers.pop(key, None)
-        future = self._inflight.get(key) or self._start(connector, subdir)
+        future = self._inflight.get(key) or self._start(connector, subdir, force=True)
         return future.result(timeout=connector.timeout_seconds + 5.0)
 
     def forget(self, connector_id: int, remove_files: bool = False) -> None:
@@ -215,13 +213,16 @@ class UpstreamRepodataCache:
                     del mapping[key]  # a fetch in flight finishes, but its outcome is not kept
             self._disk_checked = {key for key in self._disk_checked if key[0] != connector_id}
         if remove_files:
-            shutil.rmtree(self._root / str(connector_id), ignore_errors=True)
+            self._kept.remove(connector_id)
 
     def close(self) -> None:
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
+        self._kept.close()
 
-    def _start(self, connector: ConnectorConfig, subdir: str) -> Future[UpstreamSnapshot]:
+    def _start(self, connector: ConnectorConfig, subdir: str, force: bool = False) -> Future[UpstreamSnapshot]:
+        """A fetch on the connector's executor; ``force``: ask the upstream even if another replica did
+        within the lifetime."""
         key = (connector.id, subdir)
         with self._guard:
             running = self._inflight.get(key)
@@ -231,15 +232,15 @@ class UpstreamRepodataCache:
             if executor is None:
                 executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix=f"upstream-{connector.id}")
                 self._executors[connector.id] = executor
-            future = executor.submit(self._fetch, connector, subdir)
+            future = executor.submit(self._fetch, connector, subdir, force)
             self._inflight[key] = future
         return future
 
-    def _fetch(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot:
+    def _fetch(self, connector: ConnectorConfig, subdir: str, force: bool = False) -> UpstreamSnapshot:
         key = (connector.id, subdir)
         try:
             current = self._snapshots.get(key)
-            snapshot = self._refresh(connector, subdir, current)  # opens the breaker on a failure
+            snapshot = self._refresh(connector, subdir, current, force)  # opens the breaker on a failure
             with self._guard:
                 if self._current(connector):  # not changed meanwhile
                     self._snapshots[key] = snapshot
@@ -270,7 +271,7 @@ class UpstreamRepodataCache:
         return breaker
 
     def _load_once(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot | None:
-        """The last good copy on disk, read once per process (parsing is CPU, not upstream I/O)."""
+        """The last good copy any replica kept, read once per process (parsing is CPU, not upstream I/O)."""
         key = (connector.id, subdir)
         if key in self._disk_checked:
             return self._snapshots.get(key)
@@ -278,27 +279,82 @@ class UpstreamRepodataCache:
             lock = self._load_locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._disk_checked:
-                loaded = self._load(connector, subdir)
+                state = self._kept.read(connector, subdir)
+                loaded = None if state is None else self._from_kept(connector, subdir, state)
                 with self._guard:
                     if loaded is not None and key not in self._snapshots:
                         self._snapshots[key] = loaded
                     self._disk_checked.add(key)
         return self._snapshots.get(key)
 
-    def _refresh(self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None) -> UpstreamSnapshot:
+    def _from_kept(self, connector: ConnectorConfig, subdir: str, state: KeptState) -> UpstreamSnapshot | None:
+        """A snapshot of the kept body, as checked when it was last validated (by any replica)."""
+        parsed = self._kept.records(connector, subdir, state)
+        if parsed is None:
+            return None
+        return UpstreamSnapshot(
+            connector.id, subdir, parsed.records, next(_generations), state.etag, self._validated_at(state, connector),
+            sha256=state.sha256, last_modified=state.last_modified,
+        )
+
+    def _newest_kept(
+        self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None
+    ) -> tuple[UpstreamSnapshot | None, bool]:
+        """What to revalidate: the kept state when another replica kept a newer body or validated the
+        same one later than this process, else what this process holds; and whether anything is kept."""
+        state = self._kept.read(connector, subdir)
+        if state is None or (current is not None and current.checked_at >= self._validated_at(state, connector)):
+            return current, state is not None
+        if current is not None and state.sha256 == current.sha256:
+            validated, etag, modified = self._validated_at(state, connector), state.etag, state.last_modified
+            return replace(current, checked_at=validated, etag=etag, last_modified=modified), True
+        return self._from_kept(connector, subdir, state) or current, True
+
+    def _validated_at(self, state: KeptState, connector: ConnectorConfig) -> float:
+        """When the kept body was last validated, as far as this process trusts it: not before the
+        connector's fetch settings changed here (0.0: due now)."""
+        return state.validated_at if state.validated_at >= self._changed_at.get(connector.id, 0.0) else 0.0
+
+    def _refresh(
+        self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None, force: bool = False
+    ) -> UpstreamSnapshot:
+        base, kept = self._newest_kept(connector, subdir, current)
+        if (
+            not force
+            and base is not None
+            and base is not current
+            and connector.cache_minutes > 0
+            and time.time() - base.checked_at <= connector.cache_minutes * 60
+        ):
+            # Another replica checked the upstream within the lifetime: no request (and nothing to record).
+            return replace(base, error="", error_at=None)
         started = time.perf_counter()
         dropped: tuple[int, str] | None = None  # (count, examples as JSON) when the records were parsed
+        fetched_body = False
         try:
-            fetched = fetch_repodata(self._http, connector, subdir, current.etag if current else "")
-            if fetched.body is None and current is not None:
-                snapshot = replace(current, checked_at=time.time(), error="", error_at=None)
+            # Nothing kept for other replicas (removed by a repair, or it could not be stored): the
+            # whole body again, to keep it.
+            validators = base is not None and kept
+            fetched = fetch_repodata(
+                self._http,
+                connector,
+                subdir,
+                base.etag if base and validators else "",
+                last_modified=base.last_modified if base and validators else "",
+            )
+            if fetched.body is None and base is not None:
+                snapshot = replace(base, checked_at=time.time(), error="", error_at=None)
+                self._kept.validated(connector, subdir, snapshot.sha256, snapshot.checked_at)
             else:
+                compressed = (fetched.compressed or compress_zstd(fetched.body)) if fetched.body else None
+                # The body goes to the blob store while its records are checked.
+                stored = self._kept.store_early(compressed) if compressed is not None else None
                 parsed = (
                     UpstreamRecords(subdir, {})
                     if fetched.missing or fetched.body is None
                     else parse_upstream_repodata(
                         # records unchanged since the last fetch are not checked again
-                        fetched.body, connector.name_filter, checked=current.records if current else None
+                        fetched.body, connector.name_filter, checked=base.records if base else None
                     )
                 )
                 if parsed.dropped:
@@ -307,14 +363,22 @@ class UpstreamRepodataCache:
                         connector.name, subdir, parsed.dropped, parsed.drop_reasons[:3],
                     )
                 dropped = (parsed.dropped, json.dumps([list(reason) for reason in parsed.drop_reasons]))
-                if fetched.body:
-                    compressed = fetched.compressed or compress_zstd(fetched.body)
-                    self._save(connector, subdir, compressed, fetched.etag)
-                    self._save_checked(connector, subdir, compressed, parsed.not_as_written)
+                now = time.time()
+                sha256 = ""
+                if compressed is not None:
+                    with self._guard:
+                        current_settings = self._current(connector)
+                    if current_settings:  # else the connector changed meanwhile: not kept for anyone
+                        sha256 = self._kept.keep(
+                            connector, subdir, compressed, stored, etag=fetched.etag,
+                            last_modified=fetched.last_modified, fetched_at=now, not_as_written=parsed.not_as_written,
+                        )
                 snapshot = UpstreamSnapshot(
-                    connector.id, subdir, parsed.records, next(_generations), fetched.etag, time.time()
+                    connector.id, subdir, parsed.records, next(_generations), fetched.etag, now,
+                    sha256=sha256, last_modified=fetched.last_modified,
                 )
-                del fetched
+                fetched_body = True
+                del fetched, compressed
         except CondagateError as exc:
             elapsed = int((time.perf_counter() - started) * 1000)
             with self._guard:
@@ -332,11 +396,11 @@ class UpstreamRepodataCache:
                 next_try_at=datetime.fromtimestamp(breaker.retry_at, UTC),
             )
             log.warning("connector %s, subdir %s: %s", connector.name, subdir, exc.message)
-            if current is None:
+            if base is None:
                 raise
-            return replace(current, error=exc.message, error_at=time.time())
+            return replace(base, error=exc.message, error_at=time.time())
         elapsed = int((time.perf_counter() - started) * 1000)
-        if self._record_listing is not None and (current is None or snapshot.generation != current.generation):
+        if self._record_listing is not None and fetched_body:
             try:
                 self._record_listing(connector.id, subdir, set(snapshot.records))
             except Exception:  # bookkeeping of removed files must not fail a good fetch
@@ -351,88 +415,6 @@ class UpstreamRepodataCache:
             dropped=dropped,
         )
         return snapshot
-
-    def _save(self, connector: ConnectorConfig, subdir: str, compressed: bytes, etag: str) -> None:
-        """Keep the last good repodata on disk (compressed) so a restart with the upstream down still serves."""
-        folder = self._folder(connector, subdir)
-        folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f".repodata.json.zst.{os.getpid()}.tmp"
-        temp.write_bytes(compressed)
-        os.replace(temp, folder / "repodata.json.zst")
-        meta = folder / f".meta.json.{os.getpid()}.tmp"
-        meta.write_text(json.dumps({"etag": etag, "url": connector.url, "saved_at": datetime.now(UTC).isoformat()}))
-        os.replace(meta, folder / "meta.json")
-
-    def _save_checked(
-        self, connector: ConnectorConfig, subdir: str, compressed: bytes, not_as_written: frozenset[str] | None
-    ) -> None:
-        """Note which records of the kept copy were not served as written, so that a restart reads it
-        again without checking every record (``reload_checked_repodata``). Bound to the copy's digest
-        and to the code of the checks; readable and writable by condagate's user only."""
-        index = self._folder(connector, subdir) / _CHECKED
-        fingerprint = checks_fingerprint()
-        temp = index.with_name(f".{_CHECKED}.{os.getpid()}.tmp")
-        try:
-            if not_as_written is None or not fingerprint:
-                index.unlink(missing_ok=True)  # the copy it described is gone
-                return
-            content = {
-                "zst_sha256": hashlib.sha256(compressed).hexdigest(),
-                "checks": fingerprint,
-                "not_as_written": sorted(not_as_written),
-            }
-            temp.unlink(missing_ok=True)
-            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-                json.dump(content, file)  # ASCII: any file name, lone surrogates included, reads back the same
-            os.replace(temp, index)
-        except OSError as exc:  # only how fast a restart reads the copy depends on it
-            log.warning("could not note the checked records of %s/%s: %s", connector.name, subdir, exc)
-
-    def _reload_checked(
-        self, connector: ConnectorConfig, subdir: str, compressed: bytes, body: bytes
-    ) -> UpstreamRecords | None:
-        """The kept copy without the per-record checks, when condagate's own note says it checked these
-        very bytes with this very code; None otherwise (then every record is checked again)."""
-        index = self._folder(connector, subdir) / _CHECKED
-        try:
-            status = index.stat()
-            if status.st_uid != os.geteuid() or status.st_mode & 0o077:  # not condagate's own note
-                return None
-            content = json.loads(index.read_text())
-        except (OSError, ValueError):
-            return None
-        listed = content.get("not_as_written") if isinstance(content, dict) else None
-        if (
-            not isinstance(listed, list)
-            or not all(isinstance(filename, str) for filename in listed)
-            or content.get("checks") != checks_fingerprint()
-            or not content["checks"]
-            or content.get("zst_sha256") != hashlib.sha256(compressed).hexdigest()
-        ):
-            return None
-        return reload_checked_repodata(body, frozenset(listed), connector.name_filter)
-
-    def _load(self, connector: ConnectorConfig, subdir: str) -> UpstreamSnapshot | None:
-        folder = self._folder(connector, subdir)
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            if meta.get("url") != connector.url:
-                return None
-            compressed = (folder / "repodata.json.zst").read_bytes()
-            body = decompress_zstd(compressed)
-            parsed = self._reload_checked(connector, subdir, compressed, body)
-            if parsed is None:
-                parsed = parse_upstream_repodata(body, connector.name_filter)
-                self._save_checked(connector, subdir, compressed, parsed.not_as_written)
-        except (OSError, ValueError, CondagateError):
-            return None
-        # Loaded from disk: serve it, but check the upstream soon (checked_at = 0 makes it due).
-        return UpstreamSnapshot(
-            connector.id, subdir, parsed.records, next(_generations), str(meta.get("etag", "")), 0.0
-        )
-
-
-_CHECKED = "checked.json"  # next to repodata.json.zst: which of its records were not served as written
 
 
 def _fetched_with(connector: ConnectorConfig) -> tuple[object, ...]:

@@ -4,7 +4,7 @@ The whole fetch (both variants, redirects included) must finish within the conne
 ``timeout_seconds`` (``upstream/http.py``). What an upstream can make condagate hold is capped while
 it streams in (``RepodataLimits``): the body as received, the decompressed document, and how far
 any decompression may expand its input. Memory: the decompressed document plus, for .zst, the
-compressed bytes (kept on disk as received), plus one chunk.
+compressed bytes (kept as received), plus one chunk.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class FetchedRepodata:
     etag: str
     elapsed_ms: int
     missing: bool = False
-    compressed: bytes | None = None  # the zstd bytes as received, kept on disk as they are
+    compressed: bytes | None = None  # the zstd bytes as received, kept as they are
+    last_modified: str = ""  # the upstream's Last-Modified (sent back as If-Modified-Since without an ETag)
 
 
 def decompress_zstd(data: bytes, limit: int = DEFAULT_LIMITS.max_decompressed_bytes) -> bytes:
@@ -76,13 +77,15 @@ def fetch_repodata(
     subdir: str,
     etag: str = "",
     *,
+    last_modified: str = "",
     limits: RepodataLimits = DEFAULT_LIMITS,
     resolver: Resolver | None = None,
 ) -> FetchedRepodata:
-    """GET ``repodata.json.zst`` (then ``repodata.json``) with ``If-None-Match``; raise on any failure."""
+    """GET ``repodata.json.zst`` (then ``repodata.json``) with ``If-None-Match`` (or, for an upstream
+    that sent no ETag, ``If-Modified-Since``); raise on any failure."""
     started = time.perf_counter()
     try:
-        fetched = _fetch_repodata(client, connector, subdir, etag, limits, resolver, started)
+        fetched = _fetch_repodata(client, connector, subdir, etag, last_modified, limits, resolver, started)
     except Exception as exc:
         telemetry.upstream_fetched("repodata", connector.name, telemetry.outcome_of(exc), time.perf_counter() - started)
         raise
@@ -96,6 +99,7 @@ def _fetch_repodata(
     connector: ConnectorConfig,
     subdir: str,
     etag: str,
+    last_modified: str,
     limits: RepodataLimits,
     resolver: Resolver | None,
     started: float,
@@ -107,13 +111,15 @@ def _fetch_repodata(
         headers = {"Accept-Encoding": "identity" if zst else "gzip, zstd"}
         if etag:
             headers["If-None-Match"] = etag
+        elif last_modified:
+            headers["If-Modified-Since"] = last_modified
         url = connector.file_url(subdir, variant)
         with upstream_http.get(
             client, connector, url, deadline=deadline, headers=headers, resolver=resolver
         ) as response:
             elapsed = int((time.perf_counter() - started) * 1000)
             if response.status_code == 304:
-                return FetchedRepodata(None, etag, elapsed)
+                return FetchedRepodata(None, etag, elapsed, last_modified=last_modified)
             if response.status_code == 404:
                 continue
             if response.status_code != 200:
@@ -123,11 +129,12 @@ def _fetch_repodata(
                     f"{response.reason_phrase[:60]}",
                 )
             etag_received = response.headers.get("etag", "")
+            modified = response.headers.get("last-modified", "")[:100]
             if zst:
                 compressed, body = _read(response, deadline, connector, limits, limits.max_zst_bytes, decompress=True)
-                return FetchedRepodata(body, etag_received, elapsed, compressed=compressed)
+                return FetchedRepodata(body, etag_received, elapsed, compressed=compressed, last_modified=modified)
             body, _ = _read(response, deadline, connector, limits, limits.max_json_bytes, decompress=False)
-            return FetchedRepodata(body, etag_received, elapsed)
+            return FetchedRepodata(body, etag_received, elapsed, last_modified=modified)
     return FetchedRepodata(b"", "", int((time.perf_counter() - started) * 1000), missing=True)
 
 

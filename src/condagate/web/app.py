@@ -85,12 +85,13 @@ class CondagateApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, migrated: bool = False) -> FastAPI:
+    """``migrated``: the schema is current (a worker of ``condagate serve``, which migrated first)."""
     access_log = AccessLogWriter()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await run_in_threadpool(Services.open, settings)
+        services = await run_in_threadpool(lambda: Services.open(settings, migrated=migrated))
         app.state.services = services
         access_log.start(services.access_log)
         background = [
@@ -163,4 +164,4 @@ def create_app_from_env() -> FastAPI:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, migrated=True)

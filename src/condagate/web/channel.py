@@ -218,11 +218,11 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
                 {"cache-control": IMMUTABLE_CACHE_CONTROL, **warned},
             )
         found = found_or_stream
-    response = blob_response(request, found.path, found.sha256, found.replaceable, blobs_root=services.blobs.root)
+    response = blob_response(request, found.sha256, found.replaceable, found.stored)
     response.headers.update(warned)
     if (
         request.method == "GET"
-        and response.status_code == 200
+        and response.status_code in (200, 302)  # 302: a presigned redirect to the object store
         and _is_whole_download(request)
         and not request.query_params.get("mirror")
     ):

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from condagate.errors import CondagateError, UpstreamError, UpstreamTimeout
+from condagate.errors import CondagateError, StorageUnavailable, UpstreamError, UpstreamTimeout
 from condagate.security.permissions import Permission
 from condagate.security.redact import redact
 from condagate.web.problems import BASIC_CHALLENGE, PROBLEM_CONTENT_TYPE, problem
@@ -40,6 +40,7 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
     )
 
 
+STORAGE_PHRASE = "the object store holding the packages is unavailable right now: try again shortly"
 _UPSTREAM_PHRASES = {
     502: "the upstream is unreachable or answered wrongly, and this is not cached here",
     504: "the upstream did not answer in time, and this is not cached here",
@@ -47,13 +48,16 @@ _UPSTREAM_PHRASES = {
 
 
 def _shown_message(request: Request, exc: CondagateError) -> str:
-    """What an upstream answered (addresses, statuses, texts) is for administrators; others read a
-    fixed phrase, or the raiser's own public wording (which names the connector and the file)."""
-    if not isinstance(exc, UpstreamError | UpstreamTimeout):
+    """What an upstream or the object store answered (addresses, buckets, statuses, texts) is for
+    administrators; others read a fixed phrase, or the raiser's own public wording (which names the
+    connector and the file)."""
+    if not isinstance(exc, UpstreamError | UpstreamTimeout | StorageUnavailable):
         return exc.message
     principal = getattr(request.state, "principal", None)
     if principal is not None and principal.may(Permission.ADMIN):
         return exc.message
+    if isinstance(exc, StorageUnavailable):
+        return STORAGE_PHRASE
     return exc.public or _UPSTREAM_PHRASES.get(exc.status_code, _UPSTREAM_PHRASES[502])
 
 

@@ -35,6 +35,7 @@ from condagate.errors import CondagateError
 from condagate.security.permissions import Permission, Principal, authorize
 from condagate.security.permissions import Scope as PermissionScope
 from condagate.services.context import Services
+from condagate.store.blobs import StoredBlob
 from condagate.web.responses import (
     REPODATA_CACHE_CONTROL,
     blob_response,
@@ -63,7 +64,7 @@ class FastLane:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._services: Services | None = None
-        self._blob_paths: dict[str, Path] = {}  # sha256 -> its blob's path (files found by ready_file)
+        self._blob_paths: dict[str, Path | None] = {}  # sha256 -> its blob's path (files found by ready_file)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -114,7 +115,9 @@ class FastLane:
             if path is None:  # a Path costs more to make than the rest of the answer
                 if len(self._blob_paths) >= _BLOB_PATHS_KEPT:
                     self._blob_paths.clear()
-                path = self._blob_paths[sha256] = services.blobs.local_path(sha256)
+                path = self._blob_paths[sha256] = services.blobs.file_for_sending(sha256)
+            if path is None:
+                return False  # not a local store: the route streams or redirects
             try:
                 stat = os.stat(path)
             except OSError:
@@ -192,10 +195,10 @@ async def _download(
     stat: os.stat_result,
 ) -> bool:
     """One of the feed's own files, as the route answers it (a feed's own file is replaceable)."""
-    blobs_root = services.blobs.root
-    status = await send_whole_blob(scope, send, path, sha256, True, stat, services.settings, blobs_root)
+    status = await send_whole_blob(scope, send, path, sha256, True, stat, services.settings)
     if status is None:  # a server without pathsend: Starlette's FileResponse reads the file
-        response = blob_response(Request(scope, receive), path, sha256, True, stat=stat, blobs_root=blobs_root)
+        stored = StoredBlob(sha256, stat.st_size, stat.st_mtime)
+        response = blob_response(Request(scope, receive), sha256, True, stored)
         status = response.status_code
         await response(scope, receive, send)
     if status == 200 and scope["method"] == "GET":
@@ -213,8 +216,10 @@ def _local_blob(services: Services, snapshot: Any, files: dict[str, Any], filena
         sha256 = decode_record(raw).get("sha256")
         if not isinstance(sha256, str):
             return None
-        found = files[filename] = (services.blobs.local_path(sha256), sha256)
+        found = files[filename] = (services.blobs.file_for_sending(sha256), sha256)
     path, sha256 = found
+    if path is None:
+        return None  # not a local store: the route streams or redirects
     try:
         stat = os.stat(path)
     except OSError:

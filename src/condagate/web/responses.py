@@ -14,9 +14,10 @@ from fastapi import Request, Response
 from starlette.responses import FileResponse, StreamingResponse
 from starlette.types import Scope, Send
 
-from condagate.errors import CondagateError
+from condagate.errors import CondagateError, PackageNotFound
 from condagate.services.subdir_snapshot import Encoded
 from condagate.settings import Settings
+from condagate.store.blobs import StoredBlob
 from condagate.web.security_headers import secured
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,9 @@ def shard_response(request: Request, digest_hex: str, body: bytes) -> Response:
     return Response(body, media_type="application/zstd", headers=headers)
 
 
-def _blob_headers(sha256: str, replaceable: bool, stat: os.stat_result) -> tuple[str, datetime, dict[str, str]]:
+def blob_headers(sha256: str, replaceable: bool, mtime: float) -> tuple[str, datetime, dict[str, str]]:
     etag = f'"{sha256}"'
-    last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+    last_modified = datetime.fromtimestamp(mtime, UTC)
     cache_control = REVALIDATE_CACHE_CONTROL if replaceable else IMMUTABLE_CACHE_CONTROL
     return (
         etag,
@@ -188,37 +189,40 @@ def _blob_headers(sha256: str, replaceable: bool, stat: os.stat_result) -> tuple
     )
 
 
-def _accel_headers(settings: Settings, path: Path, blobs_root: Path) -> dict[str, str]:
+def _accel_headers(settings: Settings, path: Path, sha256: str) -> dict[str, str]:
     headers = {}
-    relative = path.relative_to(blobs_root).as_posix()
     if settings.accel_redirect:
+        relative = f"{sha256[:2]}/{sha256[2:4]}/{sha256}"  # the local store's layout under its folder
         headers["x-accel-redirect"] = settings.accel_redirect.rstrip("/") + "/" + relative
     if settings.sendfile_header:
         headers[settings.sendfile_header.lower()] = str(path.absolute())  # a relative DATA_DIR too
     return headers
 
 
-def blob_response(
-    request: Request,
-    path: Path,
-    sha256: str,
-    replaceable: bool = False,
-    stat: os.stat_result | None = None,
-    blobs_root: Path | None = None,
-) -> Response:
-    """A package file: its sha256 is its ETag; Range and HEAD are handled by ``FileResponse``.
+def blob_response(request: Request, sha256: str, replaceable: bool, stored: StoredBlob) -> Response:
+    """A package file: its sha256 is its ETag; Range and HEAD are handled by ``FileResponse`` (a local
+    store) or by ``stored_blob_response`` (an S3 store: streamed, or a presigned redirect).
 
     Behind nginx (``accel_redirect`` set, see the README), the answer names the blob instead of
     sending it: ``X-Accel-Redirect`` (and/or the ``sendfile_header``) with its path under the blob
     folder; the front server sends the bytes (Range included) from an internal location.
     ``send_whole_blob`` sends the same answers without a Response object (the fast lane)."""
-    stat = stat or path.stat()
-    etag, last_modified, headers = _blob_headers(sha256, replaceable, stat)
+    services = request.app.state.services
+    path = services.blobs.file_for_sending(sha256)
+    if path is None:
+        from condagate.web.stored_blob import stored_blob_response
+
+        return stored_blob_response(request, services, sha256, replaceable, stored)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise PackageNotFound(f"the file {sha256[:12]}… was removed meanwhile: try again") from None
+    etag, last_modified, headers = blob_headers(sha256, replaceable, stat.st_mtime)
     if is_not_modified(request, etag, last_modified):
         return Response(status_code=304, headers=headers)
-    settings = request.app.state.services.settings
-    if (settings.accel_redirect or settings.sendfile_header) and blobs_root is not None:
-        headers.update(_accel_headers(settings, path, blobs_root))
+    settings = services.settings
+    if settings.accel_redirect or settings.sendfile_header:
+        headers.update(_accel_headers(settings, path, sha256))
         return Response(b"", media_type="application/octet-stream", headers=headers)
     return FileResponse(path, media_type="application/octet-stream", headers=headers, stat_result=stat)
 
@@ -238,7 +242,6 @@ async def send_whole_blob(
     replaceable: bool,
     stat: os.stat_result,
     settings: Settings,
-    blobs_root: Path,
 ) -> int | None:
     """``blob_response``'s answer to a GET or HEAD without ``Range``, header for header, sent straight
     to the server: a GET's bytes with the ``http.response.pathsend`` extension (the server sends the
@@ -254,10 +257,10 @@ async def send_whole_blob(
     )
     found = _BLOB_HEADERS.get(key)
     if found is None or found[0] != path:
-        etag, last_modified, headers = _blob_headers(sha256, replaceable, stat)
+        etag, last_modified, headers = blob_headers(sha256, replaceable, stat.st_mtime)
         raw_304 = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         if accel:
-            headers.update(_accel_headers(settings, path, blobs_root))
+            headers.update(_accel_headers(settings, path, sha256))
             raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
             raw_200 = [*raw, (b"content-length", b"0"), _OCTET_STREAM]
         else:
