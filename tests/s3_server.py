@@ -28,10 +28,11 @@ REGION = "us-east-1"
 class S3Server:
     """moto's S3 server as a process of its own; the bucket namespace is in its memory."""
 
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        """``port``: start again where a stopped one listened (its buckets are gone: moto keeps them in memory)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = (log_dir / f"moto-{self.port}.log").open("wb")
+        self._log = (log_dir / f"moto-{self.port}.log").open("ab")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],

@@ -336,8 +336,8 @@ def _sized(path: Path) -> bool:
 
 
 class _Scrape:
-    """The collected metrics, plus what is derived at scrape time: the age of the oldest worker's
-    last successful download-count flush."""
+    """The collected metrics, plus what is known at scrape time: the version, and the age of the
+    oldest worker's last successful download-count flush."""
 
     def __init__(self, source: _Source) -> None:
         self.source = source
@@ -345,6 +345,12 @@ class _Scrape:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import GaugeMetricFamily
 
+        from condagate import __version__
+
+        # Always there, even before any worker has written a value (a scrape right after start).
+        build = GaugeMetricFamily("condagate_build_info", "The running condagate version", labels=["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
         families = list(self.source.collect())
         yield from families
         flushed = [sample.value for family in families if family.name == _FLUSHED for sample in family.samples]

@@ -141,7 +141,10 @@ def test_allow_listed_loopback_needs_no_key(tmp_path: Path):
         with server.client() as client:
             response = client.get("/metrics")
         assert response.status_code == 200, response.text
-        assert list(text_string_to_metric_families(response.text))
+        # The first scrape, before any worker may have written a value: never empty.
+        families = {family.name: family for family in text_string_to_metric_families(response.text)}
+        build = families["condagate_build_info"].samples
+        assert [sample.value for sample in build] == [1.0] and build[0].labels["version"]
     finally:
         server.stop()
 

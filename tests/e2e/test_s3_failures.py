@@ -3,7 +3,7 @@ bucket, refused credentials or an unreachable store stop ``condagate serve`` wit
 them; a store that becomes unreachable during an upload, a download or a proxied download answers a
 503 problem (or ends a streamed answer short of its Content-Length) and keeps nothing -- no row, no
 object, no temp file -- and once it is back the same request works. The store is made unreachable by
-pointing the server at a relay in front of moto's S3 server and cutting the relay."""
+pointing the server at a relay in front of moto's S3 server and cutting the relay, and by stopping moto."""
 
 from __future__ import annotations
 
@@ -338,3 +338,59 @@ def test_a_proxied_download_while_the_store_goes_away_caches_nothing(
         upstream.stop()
         assert client.get(url).content == good  # from the store now
     assert store.temp_files() == []
+
+
+# --- the S3 server itself stopped -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_s3_server_stopped_mid_upload_and_mid_proxied_download_stores_nothing(
+    backend: str, tmp_path: Path, make_package: MakePackage, upstream: UpstreamChannel
+):
+    """Not a relay: moto's process is stopped while an upload's body arrives, and while a proxied file
+    downloads; both answer 503 and leave no row, no object and no temp file. A new S3 server on the same
+    address (with the bucket made again) then takes the same upload and the same download."""
+    s3 = S3Server(tmp_path)
+    bucket = s3.new_bucket()
+    env = {**server_env(s3.url, bucket), "CONDAGATE_S3_TIMEOUT_SECONDS": "3"}
+    server = start_server(tmp_path / "data", backend_database_url(backend), extra_env=env)
+    try:
+        with server.admin() as client:
+            assert client.post("/api/feeds", json={"name": "stopped"}).status_code == 201
+        _, proxy = make_proxy_feed(server, upstream.url)
+        filename = "numpy-1.26.4-py311h0_0.conda"
+        with server.client() as client:
+            assert client.get(f"/conda/{proxy}/linux-64/repodata.json").status_code == 200
+        package = make_package("stopped-upload", files={"blob.bin": os.urandom(2_000_000)})
+        data = package.read_bytes()
+
+        def body_stopping_the_store() -> Iterator[bytes]:
+            step = len(data) // 10 + 1
+            for index, offset in enumerate(range(0, len(data), step)):
+                if index == 5:
+                    s3.stop()  # half the body is in
+                yield data[offset : offset + step]
+
+        with server.admin() as client:
+            refused = client.post(f"/api/feeds/stopped/upload/{package.name}", content=body_stopping_the_store())
+            assert_storage_problem(refused, bucket)
+            assert client.get("/api/feeds/stopped").json()["package_files"] == 0
+            assert client.get(f"/conda/stopped/noarch/{package.name}").status_code == 404
+            proxied = client.get(f"/conda/{proxy}/linux-64/{filename}")  # the upstream answers, the store not
+            assert_storage_problem(proxied, bucket)
+        assert upstream.count(f"/linux-64/{filename}") == 1
+        tmp = server.data_dir / "tmp"
+        assert not tmp.exists() or [p for p in tmp.rglob("*") if p.is_file()] == []
+
+        s3 = S3Server(tmp_path, port=s3.port)  # back, empty: moto kept its buckets in memory
+        s3.client().create_bucket(Bucket=bucket)
+        with server.admin() as client:
+            assert client.post(f"/api/feeds/stopped/upload/{package.name}", content=data).status_code == 201
+            assert client.get(f"/conda/stopped/noarch/{package.name}").content == data
+            fetched = client.get(f"/conda/{proxy}/linux-64/{filename}")
+            assert fetched.status_code == 200
+            assert hashlib.sha256(fetched.content).hexdigest() in {k.rsplit("/", 1)[-1] for k in s3.keys(bucket)}
+        assert upstream.count(f"/linux-64/{filename}") == 2  # nothing was cached the first time
+    finally:
+        server.stop()
+        s3.stop()

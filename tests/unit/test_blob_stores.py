@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from condagate.errors import StorageUnavailable
-from condagate.store.blobs import BlobStore
+from condagate.store.blobs import BlobStore, TempFolder
 from condagate.store.local_blobs import LocalBlobStore
 from condagate.store.s3_blobs import S3BlobStore
 
@@ -27,7 +27,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def _s3_store(s3: S3Server, bucket: str, temp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> S3BlobStore:
     for name, value in server_env(s3.url, bucket).items():
         monkeypatch.setenv(name, value)
-    return S3BlobStore.from_url(f"s3://{bucket}/site-a", temp_dir)
+    return S3BlobStore.from_url(f"s3://{bucket}/site-a", TempFolder(temp_dir))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -155,7 +155,7 @@ def test_an_s3_store_says_why_it_cannot_be_used(
     with pytest.raises(StorageUnavailable, match="no-such-bucket-here"):
         store.put_bytes(b"nothing stored")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
-    unreachable = S3BlobStore.from_url("s3://bucket", tmp_path)
+    unreachable = S3BlobStore.from_url("s3://bucket", TempFolder(tmp_path))
     with pytest.raises(StorageUnavailable, match="object store"):
         unreachable.check()
     incoming = unreachable.incoming()
@@ -167,8 +167,9 @@ def test_an_s3_store_says_why_it_cannot_be_used(
 
 
 def test_a_replica_starting_on_a_shared_folder_leaves_the_others_temp_files(tmp_path: Path) -> None:
-    first = LocalBlobStore(tmp_path / "shared", owner="a1b2c3d4")
-    second = LocalBlobStore(tmp_path / "shared", owner="e5f6a7b8")
+    shared = tmp_path / "shared"
+    first = LocalBlobStore(shared, TempFolder(shared / "tmp", owner="a1b2c3d4"))
+    second = LocalBlobStore(shared, TempFolder(shared / "tmp", owner="e5f6a7b8"))
     in_flight = first.incoming()  # an upload the first replica is receiving
     in_flight.write(b"half an upload")
     leftover = second.incoming()  # the second replica crashed while receiving this one

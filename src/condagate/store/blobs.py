@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +95,12 @@ class BlobStore(Protocol):
     def read_bytes(self, sha256: str) -> bytes | None:
         """A small blob's bytes, or None when it is missing."""
 
-    def exists(self, sha256: str) -> bool: ...
+    def exists(self, sha256: str) -> bool:
+        """Whether the store holds the blob now (always asks: writers decide on it)."""
 
     def stat(self, sha256: str) -> StoredBlob | None:
-        """Size and modification time of a blob, or None when it is missing."""
+        """Size and modification time of a blob, or None when it is missing; for serving, so a remote
+        store may answer from a memory of a few seconds."""
 
     def open(self, sha256: str, start: int = 0, end: int | None = None) -> BlobReader | None:
         """Bytes ``start`` up to ``end`` (exclusive; None: to the end) of a blob; None when missing."""
@@ -134,6 +137,34 @@ class BlobStore(Protocol):
         """Raise ``StorageUnavailable`` with the reason when the store cannot be used (at start)."""
 
 
+class TempFolder:
+    """Where bytes arriving on this server are written and hashed before they become a blob. Replicas
+    may share the folder (a local store on a shared file system): each names its files with its
+    ``owner`` and removes only its own leftovers at start."""
+
+    def __init__(self, folder: Path, owner: str = "") -> None:
+        self.folder = folder
+        self._prefix = f"upload-{owner}-" if owner else "upload-"
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def incoming(self) -> IncomingBlob:
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=self._prefix)
+        return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5())  # noqa: S324
+
+    def files(self) -> list[Path]:
+        """Every server's temp files: uploads and proxy downloads in flight, or leftovers of a crash."""
+        return sorted(self.folder.glob("upload-*"))
+
+    def clean(self) -> int:
+        """Remove this server's leftovers of a crash (at start, before any worker runs)."""
+        removed = 0
+        for leftover in self.folder.glob(self._prefix + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+
 def require_sha256(sha256: str) -> str:
     if not SHA256_RE.match(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
@@ -161,7 +192,8 @@ def open_blob_store(url: str, temp_dir: Path, owner: str = "") -> BlobStore:
     if url.startswith("s3://"):
         from condagate.store.s3_blobs import S3BlobStore
 
-        return S3BlobStore.from_url(url, temp_dir)
+        return S3BlobStore.from_url(url, TempFolder(temp_dir, owner))
     from condagate.store.local_blobs import LocalBlobStore
 
-    return LocalBlobStore(Path(url.removeprefix("file://")).expanduser(), owner)
+    root = Path(url.removeprefix("file://")).expanduser()
+    return LocalBlobStore(root, TempFolder(root / "tmp", owner))

@@ -5,9 +5,7 @@ Writes are atomic (temp file in the same folder tree, fsync, rename)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from condagate.store.blobs import (
     SHA256_RE,
     IncomingBlob,
     StoredBlob,
+    TempFolder,
     hash_reader,
     require_sha256,
 )
@@ -42,14 +41,12 @@ class FileRangeReader:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path, owner: str = "") -> None:
+    def __init__(self, root: Path, temp: TempFolder | None = None) -> None:
         self.root = root
-        # Replicas may share the folder: each names its temp files, and removes only its own at start.
-        self._temp_prefix = f"upload-{owner}-" if owner else "upload-"
-        self.tmp = root / "tmp"
+        # In the blobs' folder tree: a finished temp file becomes its blob by a rename.
+        self._temp = temp or TempFolder(root / "tmp")
         self.quarantine_dir = root / "quarantine"  # blobs whose bytes no longer match their name
         self.description = str(root)
-        self.tmp.mkdir(parents=True, exist_ok=True)
         # Read once here, not per blob: see FAULT_AFTER_BLOB_STORED.
         self._exit_after_store = os.environ.get(FAULT_AFTER_BLOB_STORED) == "exit"
 
@@ -64,11 +61,10 @@ class LocalBlobStore:
         return None
 
     def check(self) -> None:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._temp.folder.mkdir(parents=True, exist_ok=True)
 
     def incoming(self) -> IncomingBlob:
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=self._temp_prefix)
-        return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5())  # noqa: S324
+        return self._temp.incoming()
 
     def commit(self, incoming: IncomingBlob) -> bool:
         target = self._path(incoming.sha256.hexdigest())
@@ -156,12 +152,7 @@ class LocalBlobStore:
         yield path
 
     def temp_files(self) -> list[Path]:
-        return sorted(self.tmp.glob("upload-*"))
+        return self._temp.files()
 
     def clean_temp_files(self) -> int:
-        removed = 0
-        for leftover in self.tmp.glob(self._temp_prefix + "*"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed += 1
-        return removed
+        return self._temp.clean()

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from condagate.store.blobs import (
     SHA256_RE,
     IncomingBlob,
     StoredBlob,
+    TempFolder,
     hash_reader,
     require_sha256,
 )
@@ -35,6 +37,8 @@ _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]{0,250}$")
 
 # Multipart above this size (each part is retried alone); below, one PUT.
 _MULTIPART_BYTES = 64 * 1024 * 1024
+_STAT_SECONDS = 10.0
+_STATS_KEPT = 4096
 # How long one request to the store may wait for an answer, or for the next bytes of one
 # (CONDAGATE_S3_TIMEOUT_SECONDS); connecting waits at most 5 s of it. A store that stops answering
 # fails the request after this (times 3 attempts), a refused connection at once.
@@ -119,17 +123,17 @@ def _status(exc: BaseException) -> int | None:
 
 
 class S3BlobStore:
-    def __init__(self, bucket: str, prefix: str, temp_dir: Path, client: Any) -> None:
+    def __init__(self, bucket: str, prefix: str, temp: TempFolder, client: Any) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.tmp = temp_dir
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._temp = temp
         self.description = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._client = client
         self._exit_after_store = os.environ.get(FAULT_AFTER_BLOB_STORED) == "exit"
+        self._stats: dict[str, tuple[float, StoredBlob]] = {}  # sha256 -> (when asked, answer)
 
     @classmethod
-    def from_url(cls, url: str, temp_dir: Path) -> S3BlobStore:
+    def from_url(cls, url: str, temp: TempFolder) -> S3BlobStore:
         import boto3
         from botocore.config import Config
 
@@ -149,7 +153,7 @@ class S3BlobStore:
             max_pool_connections=32,
         )
         client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
-        return cls(bucket, prefix, temp_dir, client)
+        return cls(bucket, prefix, temp, client)
 
     def _key(self, sha256: str) -> str:
         require_sha256(sha256)
@@ -189,8 +193,7 @@ class S3BlobStore:
             raise self._fail(f"signing a download address for {sha256[:12]}…", exc) from None
 
     def incoming(self) -> IncomingBlob:
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="upload-")
-        return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5())  # noqa: S324
+        return self._temp.incoming()
 
     def commit(self, incoming: IncomingBlob) -> bool:
         sha256 = incoming.sha256.hexdigest()
@@ -232,9 +235,26 @@ class S3BlobStore:
             reader.close()
 
     def exists(self, sha256: str) -> bool:
-        return self.stat(sha256) is not None
+        return self._head(sha256) is not None  # always asks: writers decide on it
 
     def stat(self, sha256: str) -> StoredBlob | None:
+        """A blob's size and time, remembered for ``_STAT_SECONDS`` (a blob never changes under its
+        name): a download asks the store once, not before every answer. A blob deleted by another
+        replica meanwhile is found missing when it is opened (404, "removed meanwhile")."""
+        now = time.monotonic()
+        remembered = self._stats.get(sha256)
+        if remembered is not None and now - remembered[0] < _STAT_SECONDS:
+            return remembered[1]
+        found = self._head(sha256)
+        if found is None:
+            self._stats.pop(sha256, None)
+        else:
+            if len(self._stats) >= _STATS_KEPT:
+                self._stats.clear()
+            self._stats[sha256] = (now, found)
+        return found
+
+    def _head(self, sha256: str) -> StoredBlob | None:
         key = self._key(sha256)  # not a sha256: ValueError, before any request
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
@@ -261,6 +281,7 @@ class S3BlobStore:
         return S3RangeReader(answer["Body"], int(answer["ContentLength"]), what, self.description)
 
     def delete(self, sha256: str) -> None:
+        self._stats.pop(sha256, None)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
         except Exception as exc:
@@ -302,7 +323,7 @@ class S3BlobStore:
         reader = self.open(sha256)
         if reader is None:
             raise FileNotFoundError(sha256)
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="upload-read-")
+        fd, name = tempfile.mkstemp(dir=self._temp.folder, prefix="read-")
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -315,15 +336,10 @@ class S3BlobStore:
             path.unlink(missing_ok=True)
 
     def temp_files(self) -> list[Path]:
-        return sorted(self.tmp.glob("upload-*"))
+        return self._temp.files()
 
     def clean_temp_files(self) -> int:
-        removed = 0
-        for leftover in self.tmp.glob("upload-*"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed += 1
-        return removed
+        return self._temp.clean()
 
 
 class _Empty:
