@@ -14,12 +14,16 @@ resolves it, the lane serves it), then A takes the upload, and from its 201 the 
 is polled back to back (``If-None-Match``, keep-alive) until it lists the file. For C this is close to
 its worst case (the entry was fresh when the upload landed); for B the fallback would take 30 s.
 
-    flock /tmp/condagate-bench.lock .venv/bin/python bench/replica_visibility.py [--repeats 20]
+With ``--s3`` the servers keep their blobs in one bucket of moto's S3 server (tests/s3_server.py) instead
+of a shared folder: the replicas' deployment of issue 13 (PostgreSQL + S3, nothing shared on disk).
+
+    flock /tmp/condagate-bench.lock .venv/bin/python bench/replica_visibility.py [--repeats 20] [--s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -32,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-import servers  # noqa: E402  (tests/, put on sys.path by common)
+import s3_server  # noqa: E402  (tests/, put on sys.path by common)
+import servers  # noqa: E402
 
 
 def _listed_after(reader: httpx.Client, path: str, filename: str, etag: str, started: float, limit: float) -> float:
@@ -52,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (server logs)")
+    parser.add_argument("--s3", action="store_true", help="blobs in a bucket of moto's S3 server, not a folder")
     options = parser.parse_args()
 
     database_url = servers.postgres_database()
@@ -60,7 +66,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="condagate-bench-replicas-"))
     shared = {"CONDAGATE_DATABASE_URL": database_url, "CONDAGATE_STORAGE_URL": str(root / "blobs")}
     started: list[servers.Server] = []
+    stack = contextlib.ExitStack()
     try:
+        if options.s3:
+            s3 = stack.enter_context(s3_server.running_s3(root))
+            shared.update(s3_server.server_env(s3.url, s3.new_bucket()))
         for name, extra in (
             ("a", {}),
             ("b", {"CONDAGATE_CHANGE_MAX_AGE_SECONDS": "30"}),
@@ -89,7 +99,8 @@ def main() -> None:
                     began = time.perf_counter()
                     latencies[label].append(_listed_after(reader, path, package.name, etag, began, 60.0))
         print(f"# Upload on one replica → listed on another ({options.repeats} uploads per row)\n")
-        print(common.machine() + "; PostgreSQL: the test suite's throwaway cluster on 127.0.0.1\n")
+        storage = "one bucket of moto's S3 server" if options.s3 else "one shared blob folder"
+        print(common.machine() + f"; PostgreSQL: the test suite's throwaway cluster on 127.0.0.1; {storage}\n")
         rows = []
         for label, values in latencies.items():
             ordered = sorted(values)
@@ -107,6 +118,7 @@ def main() -> None:
     finally:
         for server in reversed(started):
             server.stop()
+        stack.close()
         servers.stop_postgres()
         if options.keep:
             print(f"kept {root}")
