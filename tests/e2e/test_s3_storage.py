@@ -285,6 +285,18 @@ def test_repodata_variants_and_shards_list_the_uploads(stored: Stored, make_pack
 def test_a_real_client_solves_and_installs_from_the_s3_store(
     stored: Stored, make_package: MakePackage, tmp_path: Path
 ):
+    _solve_and_install_through(stored, make_package, tmp_path)
+
+
+def test_a_real_client_follows_presigned_redirects_to_the_store(
+    redirecting: Stored, make_package: MakePackage, tmp_path: Path
+):
+    feed = _solve_and_install_through(redirecting, make_package, tmp_path)
+    redirected = [line for line in redirecting.server.log().splitlines() if f"GET /conda/{feed}/" in line]
+    assert any('.conda 302"' in line for line in redirected) and any('.tar.bz2 302"' in line for line in redirected)
+
+
+def _solve_and_install_through(stored: Stored, make_package: MakePackage, tmp_path: Path) -> str:
     feed = stored.feed()
     name = "app" + uuid.uuid4().hex[:6]
     _uploaded(stored, feed, make_package("lib" + name, ".tar.bz2", subdir="linux-64", files={"lib/x.so": b"x" * 5000}))
@@ -295,6 +307,7 @@ def test_a_real_client_solves_and_installs_from_the_s3_store(
         installed = solve_and_install(channel, [name], prefix, sharded=sharded)
         assert installed == [f"{name}=1.0=0", f"lib{name}=1.0=0"]
         assert (prefix / "lib" / "x.so").read_bytes() == b"x" * 5000
+    return feed
 
 
 # --- deleting ---------------------------------------------------------------------------------------
