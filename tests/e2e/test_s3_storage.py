@@ -292,8 +292,12 @@ def test_a_real_client_follows_presigned_redirects_to_the_store(
     redirecting: Stored, make_package: MakePackage, tmp_path: Path
 ):
     feed = _solve_and_install_through(redirecting, make_package, tmp_path)
-    redirected = [line for line in redirecting.server.log().splitlines() if f"GET /conda/{feed}/" in line]
-    assert any('.conda 302"' in line for line in redirected) and any('.tar.bz2 302"' in line for line in redirected)
+
+    def both_redirected() -> bool:  # the access log is written off the request path, a moment later
+        lines = [line for line in redirecting.server.log().splitlines() if f"GET /conda/{feed}/" in line]
+        return any('.conda 302"' in line for line in lines) and any('.tar.bz2 302"' in line for line in lines)
+
+    assert _wait_for(both_redirected)
 
 
 def _solve_and_install_through(stored: Stored, make_package: MakePackage, tmp_path: Path) -> str:

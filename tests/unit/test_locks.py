@@ -96,3 +96,43 @@ def test_a_killed_holders_lock_is_free_again(locks: Locks, database_url: str, tm
     finally:
         child.kill()
         child.wait()
+
+
+def test_held_all_takes_every_name(locks: Locks) -> None:
+    with locks.held_all(["blob/b", "blob/a", "blob/a"]):
+        others = [locks.lock(name) for name in ("blob/a", "blob/b")]
+        assert [asyncio.run(other.acquire(timeout=0.2)) for other in others] == [False, False]
+    free = locks.lock("blob/a")
+    assert asyncio.run(free.acquire(timeout=1))
+    free.release()
+
+
+def test_waiters_for_one_name_hold_one_database_connection(database_url: str, locks: Locks) -> None:
+    """A burst of requests for one file in one process: one connection, not one per waiter."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("flock holds no database connection")
+    engine = create_engine(database_url)
+
+    def lock_connections() -> int:
+        with engine.connect() as connection:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'condagate-lock'"
+            return int(connection.exec_driver_sql(query).scalar_one())
+
+    async def scenario() -> tuple[int, list[bool]]:
+        first = locks.lock("connector/1/linux-64/big.conda")
+        assert await first.acquire(timeout=1)
+        waiters = [locks.lock("connector/1/linux-64/big.conda") for _ in range(10)]
+        waiting = [asyncio.create_task(waiter.acquire(timeout=5)) for waiter in waiters]
+        await asyncio.sleep(0.5)
+        during = await asyncio.to_thread(lock_connections)
+        first.release()
+        results = []
+        for waiter, task in zip(waiters, waiting, strict=True):  # each in turn, as downloads would
+            results.append(await task)
+            waiter.release()
+        return during, results
+
+    during, results = asyncio.run(scenario())
+    assert during == 1 and results == [True] * 10
+    assert lock_connections() == 0
+    engine.dispose()

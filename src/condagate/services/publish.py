@@ -10,7 +10,6 @@ that no clean-up deletes a blob a new row is about to use.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -172,9 +171,8 @@ def _publish_locked(
     """Hold every candidate's blob lock (in sha256 order: no two publishers wait on each other), put
     the blobs in place, and write the rows; a blob new here is removed again when the rows fail."""
     new_blobs: list[str] = []
-    with contextlib.ExitStack() as locks:
-        for sha256 in sorted({c.sha256 for c in candidates}):
-            locks.enter_context(services.locks.held(blob_lock_name(sha256)))
+    # One holder for them all (on PostgreSQL one connection, however many files).
+    with services.locks.held_all(blob_lock_name(c.sha256) for c in candidates):
         try:
             for candidate in candidates:
                 if candidate.incoming is not None:

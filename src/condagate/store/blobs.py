@@ -151,6 +151,12 @@ class TempFolder:
         fd, name = tempfile.mkstemp(dir=self.folder, prefix=self._prefix)
         return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5())  # noqa: S324
 
+    def copy_file(self) -> tuple[int, Path]:
+        """A temp file for a copy of a stored blob (named like this server's other temp files, so a
+        crash's leftover is listed and removed at start like theirs)."""
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=self._prefix + "copy-")
+        return fd, Path(name)
+
     def files(self) -> list[Path]:
         """Every server's temp files: uploads and proxy downloads in flight, or leftovers of a crash."""
         return sorted(self.folder.glob("upload-*"))

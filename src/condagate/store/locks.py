@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +42,9 @@ class Locks(Protocol):
 
     def held(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Hold the named lock for a short critical section (blocking; worker threads, not the event loop)."""
+
+    def held_all(self, names: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """``held`` for several names at once, taken in sorted order (no two holders wait on each other)."""
 
 
 def _digest(name: str) -> bytes:
@@ -106,6 +109,13 @@ class FileLocks:
         return FileLock(self.folder, name)
 
     @contextlib.contextmanager
+    def held_all(self, names: Iterable[str]) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(names)):
+                stack.enter_context(self.held(name))
+            yield
+
+    @contextlib.contextmanager
     def held(self, name: str) -> Iterator[None]:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / (_digest(name).hex()[:40] + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -146,55 +156,118 @@ def _advisory_key(name: str) -> int:
     return int.from_bytes(_digest("condagate:" + name)[:8], "big", signed=True)
 
 
+# Lock connections one process opens at most; more waiters wait here, holding no connection.
+MAX_LOCK_CONNECTIONS = 32
+
+
 class DatabaseLock:
-    def __init__(self, params: dict[str, Any], name: str) -> None:
-        self._params = params
+    """An advisory lock taken from async code. Waiters for one name in one process queue in memory first,
+    so only one of them holds a database connection (a burst of requests for one file costs one); and
+    a process holds at most ``MAX_LOCK_CONNECTIONS`` such connections."""
+
+    def __init__(self, owner: DatabaseLocks, name: str) -> None:
+        self._owner = owner
+        self._name = name
         self._key = _advisory_key(name)
         self._connection: Any = None
+        self._local: asyncio.Lock | None = None  # this process's queue for the name, while held
 
     async def acquire(self, timeout: float) -> bool:
-        connection = await run_in_threadpool(lambda: _connect(self._params))
-
-        async def try_once() -> bool:
-            row = await run_in_threadpool(
-                lambda: connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
-            )
-            return bool(row and row[0])
-
+        deadline = time.monotonic() + timeout
+        local = self._owner._enter(self._name)
+        queued_first = False
+        connection = None
         try:
-            if not await _poll(try_once, timeout):
-                connection.close()
+            try:
+                await asyncio.wait_for(local.acquire(), timeout)
+                queued_first = True
+            except TimeoutError:
                 return False
+            connection = await self._connect(deadline)
+            if connection is None:
+                return False
+
+            async def try_once() -> bool:
+                row = await run_in_threadpool(
+                    lambda: connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+                )
+                return bool(row and row[0])
+
+            if await _poll(try_once, max(0.0, deadline - time.monotonic())):
+                self._connection, self._local = connection, local
+                return True
+            return False
+        finally:
+            if self._connection is None:  # not taken (timed out, failed, cancelled): undo every step
+                if connection is not None:
+                    self._close(connection)
+                if queued_first:
+                    local.release()
+                self._owner._exit(self._name)
+
+    async def _connect(self, deadline: float) -> Any:
+        while self._owner.open_connections >= MAX_LOCK_CONNECTIONS:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.05)
+        self._owner.open_connections += 1
+        try:
+            return await run_in_threadpool(lambda: _connect(self._owner.params))
         except BaseException:
-            connection.close()
+            self._owner.open_connections -= 1
             raise
-        self._connection = connection
-        return True
+
+    def _close(self, connection: Any) -> None:
+        with contextlib.suppress(Exception):
+            connection.close()
+        self._owner.open_connections -= 1
 
     def __del__(self) -> None:
         self.release()
 
     def release(self) -> None:
         # Closing the session ends its advisory locks (also what happens when the process dies).
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                self._connection.close()
+        if self._connection is not None and self._local is not None:
+            self._close(self._connection)
             self._connection = None
+            self._local.release()
+            self._local = None
+            self._owner._exit(self._name)
 
 
 class DatabaseLocks:
     def __init__(self, params: dict[str, Any]) -> None:
-        self._params = params
+        self.params = params
         self.description = "PostgreSQL advisory locks"
+        self.open_connections = 0  # DatabaseLock connections of this process
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}  # name -> (its queue, how many use it)
 
     def lock(self, name: str) -> DatabaseLock:
-        return DatabaseLock(self._params, name)
+        return DatabaseLock(self, name)
+
+    def _enter(self, name: str) -> asyncio.Lock:
+        local, users = self._local.get(name) or (asyncio.Lock(), 0)
+        self._local[name] = (local, users + 1)
+        return local
+
+    def _exit(self, name: str) -> None:
+        local, users = self._local[name]
+        if users <= 1:
+            del self._local[name]
+        else:
+            self._local[name] = (local, users - 1)
 
     @contextlib.contextmanager
     def held(self, name: str) -> Iterator[None]:
-        with _connect(self._params) as connection:
-            connection.execute("SELECT pg_advisory_lock(%s)", (_advisory_key(name),))
-            yield  # leaving the block closes the connection, which ends the lock
+        with self.held_all([name]):
+            yield
+
+    @contextlib.contextmanager
+    def held_all(self, names: Iterable[str]) -> Iterator[None]:
+        with _connect(self.params) as connection:  # one connection, however many names
+            for name in sorted(set(names)):
+                connection.execute("SELECT pg_advisory_lock(%s)", (_advisory_key(name),))
+            yield  # leaving the block closes the connection, which ends the locks
 
 
 def open_locks(database_url: str, engine: Any, data_dir: Path) -> Locks:

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +90,11 @@ class S3RangeReader:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._body.close()
+
+    def __del__(self) -> None:
+        # A response dropped before its body was streamed never ran the reader's ``finally``: the
+        # store's connection goes back to the pool here instead of waiting for its socket to be collected.
+        self.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -323,8 +327,7 @@ class S3BlobStore:
         reader = self.open(sha256)
         if reader is None:
             raise FileNotFoundError(sha256)
-        fd, name = tempfile.mkstemp(dir=self._temp.folder, prefix="read-")
-        path = Path(name)
+        fd, path = self._temp.copy_file()
         try:
             with os.fdopen(fd, "wb") as handle:
                 while chunk := reader.read():

@@ -1,7 +1,9 @@
 """A package file held by a store the server cannot send from (S3-compatible): answered with a
 ``302`` to a short-lived presigned URL where the deployment opted in (``CONDAGATE_S3_REDIRECT``),
 otherwise streamed from the store -- with the same ETag, Last-Modified, 304, HEAD and single
-``Range`` answers a local file gets from ``FileResponse``."""
+``Range`` answers a local file gets from ``FileResponse``. Where they differ, this follows RFC 9110's
+"may ignore": several ranges, a malformed ``Range`` and a ``Range`` on HEAD get the whole file (200),
+where Starlette answers ``multipart/byteranges``, 400 and 206."""
 
 from __future__ import annotations
 
