@@ -107,11 +107,12 @@ def test_held_all_takes_every_name(locks: Locks) -> None:
     free.release()
 
 
-def test_waiters_for_one_name_hold_one_database_connection(database_url: str, locks: Locks) -> None:
-    """A burst of requests for one file in one process: one connection, not one per waiter."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("flock holds no database connection")
+def test_waiters_for_one_name_hold_one_database_connection(tmp_path: Path) -> None:
+    """A burst of requests for one file in one process: one connection, not one per waiter (PostgreSQL
+    only: a ``flock`` holds no connection)."""
+    database_url = backend_database_url("postgresql")
     engine = create_engine(database_url)
+    locks = open_locks(database_url, engine, tmp_path)
 
     def lock_connections() -> int:
         with engine.connect() as connection:
