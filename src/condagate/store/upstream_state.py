@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from condagate.store.models import Connector, UpstreamRepodata
@@ -107,17 +107,21 @@ def save(
     return previous
 
 
+def _naming(connector_id: int, subdir: str, sha256: str) -> tuple[ColumnElement[bool], ...]:
+    """The subdir's row, while it still names the body ``sha256`` (another may have replaced it)."""
+    return (
+        UpstreamRepodata.connector_id == connector_id,
+        UpstreamRepodata.subdir == subdir,
+        UpstreamRepodata.sha256 == sha256,
+    )
+
+
 def mark_validated(*, session: Session, connector_id: int, subdir: str, sha256: str, at: float) -> None:
     """The upstream answered 304 for the body ``sha256``: it is still current (a row that names another
     body meanwhile is left alone)."""
     session.execute(
         update(UpstreamRepodata)
-        .where(
-            UpstreamRepodata.connector_id == connector_id,
-            UpstreamRepodata.subdir == subdir,
-            UpstreamRepodata.sha256 == sha256,
-            UpstreamRepodata.validated_at < _moment(at),
-        )
+        .where(*_naming(connector_id, subdir, sha256), UpstreamRepodata.validated_at < _moment(at))
         .values(validated_at=_moment(at))
     )
 
@@ -128,11 +132,7 @@ def set_note(
     """Replace the checked note of the body ``sha256`` (read again with other checks)."""
     session.execute(
         update(UpstreamRepodata)
-        .where(
-            UpstreamRepodata.connector_id == connector_id,
-            UpstreamRepodata.subdir == subdir,
-            UpstreamRepodata.sha256 == sha256,
-        )
+        .where(*_naming(connector_id, subdir, sha256))
         .values(checks=checks, not_as_written=_text(not_as_written))
     )
 
