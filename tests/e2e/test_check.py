@@ -236,7 +236,7 @@ def test_repodata_that_disagrees_with_its_rows_is_found_and_set_right(
     url = server.database_url or f"sqlite:///{server.data_dir / 'condagate.db'}"
     engine = make_engine(url)
     try:
-        with engine.begin() as connection:
+        with engine.execution_options(write=True).begin() as connection:  # the lock up front, as the server does
             feed_id = connection.execute(text("SELECT id FROM feeds WHERE name = :n"), {"n": feed}).scalar_one()
             record = json.loads(
                 connection.execute(
