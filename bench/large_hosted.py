@@ -241,11 +241,14 @@ def plus_one(
                 new_etags[kind] = response.headers["etag"]
             elif response.status_code != 304:
                 raise RuntimeError(f"HEAD {p}: {response.status_code}")
+    fetched: dict[str, float] = {}
     for kind, p in paths.items():
+        asked = time.perf_counter()
         response = _get(client, p)
+        fetched[f"get_{kind}"] = time.perf_counter() - asked  # the first GET of the new bytes, body included
         if response.headers.get("etag") != new_etags[kind] or not _lists(kind, response.content, path.name, name):
             raise RuntimeError(f"{p} changed to {new_etags[kind]} without listing {path.name}")
-    return {"upload": created - started, **seen, "all": max(seen.values())}
+    return {"upload": created - started, **seen, "all": max(seen.values()), **fetched}
 
 
 def rattler_index(channel: Path, full: bool) -> float:

@@ -122,7 +122,7 @@ def markdown(r: Results) -> str:
     rows: list[list[object]] = [
         ["cold: first GET of repodata.json.zst (fetch, parse, merge, encode, compress)", _ms(r.steps["cold"]), ""],
         ["then first GET of repodata_shards.msgpack.zst (every shard built)", _ms(r.steps["shards"]), ""],
-        ["then first GET of repodata.json", _ms(r.steps["json"]), ""],
+        ["then first GET of repodata.json (decompressed into this host's file)", _ms(r.steps["json"]), ""],
     ]
     for kind, label in (("zst", "repodata.json.zst"), ("shards", "the shard index"), ("json", "repodata.json")):
         if p:
@@ -135,6 +135,13 @@ def markdown(r: Results) -> str:
             )
     if p:
         rows.append(["+1: the upload itself (POST → 201)", _ms(common.median(x["upload"] for x in p)), ""])
+        rows.append(
+            [
+                "+1: then the first GET of repodata.json, body included (this host's file written first)",
+                _ms(common.median(x["get_json"] for x in p)),
+                f"max {_ms(max(x['get_json'] for x in p))}",
+            ]
+        )
     rows.append(["after a restart: first GET of repodata.json.zst", _ms(r.steps["restart"]), ""])
     for step, (rss, hwm) in r.memory.items():
         rows.append([f"worker memory after '{step}': VmRSS / VmHWM", f"{rss:,.0f} / {hwm:,.0f} MiB", ""])

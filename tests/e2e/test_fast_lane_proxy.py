@@ -265,33 +265,45 @@ def test_a_proxy_feed_with_an_sca_policy_stays_on_the_routes(
             assert "numpy-2.0.0-py311h0_0.conda" in _listed(app.through_route(path))
 
 
-def test_the_lane_sends_a_large_subdir_in_its_chunks_as_the_route_does(
+def test_the_lane_sends_a_large_subdirs_zst_in_chunks_and_leaves_its_json_file_to_the_route(
     tmp_path: Path, upstream: UpstreamChannel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A subdir past 8 MiB of JSON is kept and sent in chunks, never joined: the lane sends the same
-    messages (headers, then each chunk) as the route's ChunksResponse, for GET, HEAD and 304."""
+    """A large subdir's .zst is kept and sent in chunks, never joined: the lane sends the same messages
+    (headers, then each chunk) as the route's ChunksResponse, for GET, HEAD and 304. Its JSON is not
+    kept at all (``Encoded.deferred``): the lane leaves it to the route, which sends this host's file."""
     from test_spliced_repodata import large_repodata
 
-    from condagate.web.responses import JOIN_BELOW
+    from condagate.web import channel as channel_routes
+    from condagate.web import responses
 
-    body = large_repodata(40_000)
-    assert len(body) >= JOIN_BELOW
+    body = large_repodata(40_000)  # ~13 MB of JSON, ~0.6 MB of .zst: sent in chunks from 64 kB on here
+    monkeypatch.setattr(responses, "JOIN_BELOW", 64 * 1024)
+    monkeypatch.setattr(channel_routes, "JOIN_BELOW", 64 * 1024)
     (upstream.root / SUBDIR / "repodata.json").write_bytes(body)
     (upstream.root / SUBDIR / "repodata.json.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
     with in_process(tmp_path, "sqlite", monkeypatch) as app:
         feed = app.proxy_feed(upstream.url)
         path = f"/conda/{feed}/{SUBDIR}/repodata.json"
         routed = app.through_route(path)
-        assert routed.status_code == 200 and len(routed.content) > JOIN_BELOW
+        assert routed.status_code == 200 and len(routed.content) > 10 * 1024 * 1024
+        zst_path = path + ".zst"
+        zst_routed = app.through_route(zst_path + "?through=route")
+        assert zstandard.ZstdDecompressor().decompress(zst_routed.content) == routed.content
         for method in ("GET", "HEAD"):
             before = app.routed
-            fast = _asgi(app.client, method, path, HEADERS)
+            fast = _asgi(app.client, method, zst_path, HEADERS)
             assert app.routed == before, method  # the lane answered
-            assert fast == _asgi(app.client, method, path + "?through=route", HEADERS), method
+            assert fast == _asgi(app.client, method, zst_path + "?through=route", HEADERS), method
             if method == "GET":
                 assert len(fast) > 3 and all(m.get("more_body") for m in fast[1:-1])  # chunks, not one body
-                assert b"".join(m["body"] for m in fast[1:]) == routed.content
-            conditional = {**HEADERS, "If-None-Match": routed.headers["etag"]}
-            fast_304 = _asgi(app.client, method, path, conditional)
+                assert b"".join(m["body"] for m in fast[1:]) == zst_routed.content
+            conditional = {**HEADERS, "If-None-Match": zst_routed.headers["etag"]}
+            fast_304 = _asgi(app.client, method, zst_path, conditional)
             assert fast_304[0]["status"] == 304
-            assert fast_304 == _asgi(app.client, method, path + "?through=route", conditional)
+            assert fast_304 == _asgi(app.client, method, zst_path + "?through=route", conditional)
+            before = app.routed
+            answered = app.client.request(method, path, headers=HEADERS)
+            assert app.routed == before + 1, method  # the JSON: the route, from the file
+            assert answered.status_code == 200 and answered.headers["etag"] == routed.headers["etag"]
+            assert answered.content == (routed.content if method == "GET" else b"")
+            assert int(answered.headers["content-length"]) == len(routed.content)

@@ -206,3 +206,63 @@ def test_a_large_proxied_subdir_is_spliced_sent_in_chunks_and_survives_changes(
         assert cold.content == after.content and cold.headers["etag"] == after.headers["etag"]
     finally:
         again.stop()
+
+
+def _encoded_files(server: Server) -> dict[str, bytes]:
+    folder = server.data_dir / "encoded"
+    return {path.name: path.read_bytes() for path in folder.iterdir()} if folder.is_dir() else {}
+
+
+def test_a_large_subdirs_json_is_one_file_on_the_host_that_every_worker_sends(tmp_path: Path, make_package):
+    """A large subdir's JSON is not kept in the workers: it is decompressed from the .zst once per change
+    into a file of this host named by its ETag, which every worker sends (and HEAD, 304 and Range answer
+    from its ETag and size, as for any file)."""
+    server = start_server(tmp_path / "data", extra_env={**FRAMED, "CONDAGATE_WORKERS": "2"})
+    try:
+        feed = new_feed(server)
+        for _ in range(3):
+            assert upload(server, feed, make_package()).status_code == 201
+        base = f"/conda/{feed}/noarch/"
+        with server.client() as client:
+            assert _encoded_files(server) == {}  # nothing written before a JSON is asked for
+            head = client.head(base + "repodata.json")
+            assert head.status_code == 200 and _encoded_files(server) == {}  # HEAD needs only the size
+            zst = client.get(base + "repodata.json.zst").content
+            answers = [client.get(base + "repodata.json") for _ in range(12)]  # over both workers
+            assert {a.status_code for a in answers} == {200}
+            plain = answers[0].content
+            assert all(a.content == plain for a in answers) and conda_decodes(zst) == plain
+            etag = answers[0].headers["etag"]
+            assert int(head.headers["content-length"]) == len(plain) and head.headers["etag"] == etag
+            assert _encoded_files(server) == {etag.strip('"'): plain}  # one file, named by the ETag, no temp file
+            assert client.get(base + "repodata.json", headers={"If-None-Match": etag}).status_code == 304
+            part = client.get(base + "repodata.json", headers={"Range": "bytes=0-9"})
+            assert part.status_code == 206 and part.content == plain[:10]
+            assert bz2.decompress(client.get(base + "repodata.json.bz2").content) == plain
+
+            added = make_package()
+            assert upload(server, feed, added).status_code == 201
+            after = client.get(base + "repodata.json")
+            assert after.status_code == 200 and after.headers["etag"] != etag
+            assert added.name in after.json()["packages.conda"] and after.content != plain
+            files = _encoded_files(server)
+            assert files[after.headers["etag"].strip('"')] == after.content and len(files) == 2  # the old one lingers
+    finally:
+        server.stop()
+
+
+def test_a_removed_json_file_is_written_again(tmp_path: Path, make_package):
+    server = start_server(tmp_path / "data", extra_env=FRAMED)
+    try:
+        feed = new_feed(server)
+        assert upload(server, feed, make_package()).status_code == 201
+        url = f"/conda/{feed}/noarch/repodata.json"
+        with server.client() as client:
+            first = client.get(url)
+            (name,) = _encoded_files(server)
+            (server.data_dir / "encoded" / name).unlink()  # an operator clearing the folder, a full disk's clean-up
+            again = client.get(url)
+        assert again.status_code == 200 and again.content == first.content
+        assert _encoded_files(server) == {name: first.content}
+    finally:
+        server.stop()

@@ -98,8 +98,12 @@ def test_a_large_subdir_is_one_spliced_frame_that_every_reader_decodes(monkeypat
     parts = RepodataParts.from_records(records)
     body = encode_repodata("linux-64", records)
     json_encoded, zst_encoded = encode_subdir(parts, "linux-64", MOMENT)
-    assert len(json_encoded.chunks) > 3 and not json_encoded.joined()
+    # The JSON is not kept: the blocks let go of it once compressed; it is decompressed from the .zst.
+    assert json_encoded.is_deferred() and not json_encoded.joined()
+    assert parts._blocks[0] and all(block._body is None for kind in parts._blocks for block in kind)
+    assert parts.encode("linux-64") == body  # a released block's bytes come back from its piece
     spliced = json_encoded.body
+    assert b"".join(json_encoded.iter_chunks()) == spliced and len(list(json_encoded.iter_chunks())) > 3
     assert json.loads(spliced) == json.loads(body) and json_encoded.size == len(spliced)
     assert spliced.replace(SEPARATOR, b"") == body  # whitespace between the blocks, nothing else
     zst = zst_encoded.body
@@ -202,3 +206,30 @@ def _upload(services: Services, path: Path) -> None:
     incoming.write(path.read_bytes())
     incoming.finish()
     store_upload(services, feed_name="inc", filename=path.name, incoming=incoming)
+
+
+@pytest.mark.parametrize("count", [500, 30_000])  # one join; blocks spliced, their JSON let go of
+def test_a_filtered_view_reuses_its_encodings_while_the_same_records_are_hidden(
+    monkeypatch: pytest.MonkeyPatch, count: int
+):
+    from condagate.services.filtered_repodata import FilteredSubdir
+    from condagate.services.subdir_snapshot import SubdirSnapshot
+    from condagate.store.packages import SubdirVersion
+
+    monkeypatch.delenv(FRAME_BYTES_ENV, raising=False)
+    records = records_of(count)
+    names = {filename: filename.rsplit("-", 2)[0] for filename in records}
+    json_encoded, zst_encoded = encode_subdir(RepodataParts.from_records(records), "linux-64", MOMENT)
+    snapshot = SubdirSnapshot(
+        "linux-64", SubdirVersion(1, 1, MOMENT), (), {}, {}, records, names, MOMENT, json_encoded, zst_encoded
+    )
+    hidden = frozenset(sorted(records)[::7])
+    first = FilteredSubdir.build(snapshot, hidden, None)
+    expected = encode_repodata("linux-64", {fn: raw for fn, raw in records.items() if fn not in hidden})
+    assert first.json.body.replace(SEPARATOR, b"") == expected
+    again = FilteredSubdir.build(snapshot, frozenset(hidden), first)  # same records hidden: nothing encoded
+    assert again.json is first.json and again.zst is first.zst
+    other = FilteredSubdir.build(snapshot, hidden - {min(hidden)}, again)
+    assert other.json is not first.json and other.zst.etag != first.zst.etag
+    assert other.json.last_modified > first.json.last_modified  # the body moved, so does the date
+    assert conda_decodes(other.zst.body) == other.json.body

@@ -15,7 +15,13 @@ import msgspec
 import pytest
 
 from condagate.conda.filters import NameFilter
-from condagate.conda.record_checks import FILENAME_RE, RecordRejected, check_record, nests_at_most
+from condagate.conda.record_checks import (
+    FILENAME_RE,
+    RecordRejected,
+    accepted_as_written,
+    check_record,
+    nests_at_most,
+)
 from condagate.conda.repodata import encode_repodata
 from condagate.conda.shards import encode_shard
 from condagate.conda.upstream_repodata import (
@@ -81,8 +87,8 @@ def assert_dropped(parsed: UpstreamRecords, count: int, reason: str) -> None:
     assert sorted(parsed.records) == sorted(fn(rec) for rec in GOOD), parsed.drop_reasons
     assert parsed.dropped == count, parsed.drop_reasons
     assert parsed.drop_reasons and all(reason in why for _, why in parsed.drop_reasons), parsed.drop_reasons
-    for name, raw in parsed.records.values():
-        assert json.loads(raw)["name"] == name
+    for filename, raw in parsed.records.items():
+        assert json.loads(raw)["name"] == parsed.names[filename]
         msgpack.packb(msgspec.json.decode(raw))
 
 
@@ -102,7 +108,7 @@ def test_nesting_up_to_the_upload_bound_is_kept() -> None:
     raw = json.dumps(rec).encode()[:-1] + b',"extra":' + deep(32) + b"}"
     parsed = parse_upstream_repodata(document((fn(rec), raw)))
     assert parsed.dropped == 0 and list(parsed.records) == [fn(rec)]
-    assert parsed.records[fn(rec)][1] == raw
+    assert parsed.records[fn(rec)] == raw
 
 
 def test_deep_nesting_never_reaches_msgspec_even_with_a_raised_recursion_limit() -> None:
@@ -214,7 +220,7 @@ def test_url_and_channel_are_removed_and_the_rest_kept() -> None:
     rec["track_features"] = "x"
     rec["unknown_future_field"] = {"kept": [1, "two"]}
     parsed = parse_upstream_repodata(document((fn(rec), rec)), None)
-    name, raw = parsed.records[fn(rec)]
+    name, raw = parsed.names[fn(rec)], parsed.records[fn(rec)]
     served = json.loads(raw)
     assert name == "moved" and "url" not in served and "channel" not in served
     assert served == {key: value for key, value in rec.items() if key not in ("url", "channel")}
@@ -225,13 +231,13 @@ def test_url_and_channel_are_removed_and_the_rest_kept() -> None:
 def test_untouched_records_keep_their_bytes() -> None:
     raw = b'{ "name" : "same", "version":"1", "build":"0",\n "depends": [ ] }'
     parsed = parse_upstream_repodata(document(("same-1-0.conda", raw)))
-    assert parsed.records["same-1-0.conda"] == ("same", raw)
+    assert (parsed.names["same-1-0.conda"], parsed.records["same-1-0.conda"]) == ("same", raw)
 
 
 def test_base_url_is_not_passed_on_and_the_filter_still_applies() -> None:
     body = document(*[(fn(rec), rec) for rec in GOOD], info=b'{"subdir":"linux-64","base_url":"https://x.example/"}')
     parsed = parse_upstream_repodata(body, NameFilter.from_patterns(["alpha", "zeta"]))
-    assert parsed.subdir == "linux-64" and sorted(name for name, _ in parsed.records.values()) == ["alpha", "zeta"]
+    assert parsed.subdir == "linux-64" and sorted(parsed.names.values()) == ["alpha", "zeta"]
     assert parsed.dropped == 0 and parsed.drop_reasons == ()
 
 
@@ -246,7 +252,7 @@ def test_records_still_serve_as_repodata_and_shards() -> None:
     rec = record("shard", extra=2**64 - 1, url="https://x.example/a")
     parsed = parse_upstream_repodata(with_good((fn(rec), rec)))
     assert fn(rec) in parsed.records
-    records = {filename: raw for filename, (_, raw) in parsed.records.items()}
+    records = parsed.records
     served = json.loads(encode_repodata("linux-64", records))
     assert set(served["packages.conda"]) == set(records)
     encode_shard((filename, msgspec.json.decode(raw)) for filename, raw in records.items())
@@ -398,18 +404,80 @@ def test_fuzz_random_hostile_documents_never_break_parsing() -> None:
             continue
         dropped += parsed.dropped
         assert len(parsed.drop_reasons) == min(parsed.dropped, MAX_REASONS)
-        for filename, (name, raw) in parsed.records.items():
+        for filename, raw in parsed.records.items():
+            name = parsed.names[filename]
             kept += 1
             assert FILENAME_RE.fullmatch(filename) and len(filename) <= 255
             assert check_record(filename, raw) == (name, raw)  # re-checking passes and changes nothing
             value = json.loads(raw)
             assert value["name"] == name and "url" not in value and "channel" not in value
             msgpack.packb(msgspec.json.decode(raw))
-        records = {filename: raw for filename, (_, raw) in parsed.records.items()}
+        records = parsed.records
         json.loads(encode_repodata("linux-64", records))
         encode_shard((filename, msgspec.json.decode(raw)) for filename, raw in records.items())
     assert kept > 300 and dropped > 2_000 and refused > 100, (kept, dropped, refused)
     assert time.monotonic() - started < 10
+
+
+def _one_by_one(filename: str, raw: bytes) -> str | None:
+    """The package name when ``check_record`` passes the record as written, else None."""
+    try:
+        name, served = check_record(filename, raw)
+    except RecordRejected:
+        return None
+    return name if served == raw else None
+
+
+def test_fuzz_the_batch_check_agrees_with_the_one_by_one_check() -> None:
+    """``accepted_as_written`` (the fast path for large upstreams) accepts a batch only when each record
+    passes ``check_record`` unchanged, with the same names; what it leaves, the one-by-one check judges."""
+    fuzz = _Fuzz(seed=7)
+    agreed = accepted = 0
+    for _ in range(4_000):
+        key, raw = fuzz.record()
+        try:
+            filename = json.loads(key)
+        except ValueError:
+            continue
+        if not isinstance(filename, str) or nests_at_most(raw, 66) is False:
+            continue
+        expected = _one_by_one(filename, raw)
+        good = [(fn(rec), json.dumps(rec).encode()) for rec in GOOD]
+        batch = [*good[:2], (filename, raw), good[2]]
+        names = accepted_as_written([f for f, _ in batch], [r for _, r in batch])
+        if expected is None:
+            assert names is None, (filename, raw)  # never accepts what the one-by-one check refuses
+        elif names is not None:
+            assert names == ["alpha", "beta", expected, "zeta"], (filename, raw)
+            accepted += 1
+        # else: a record the batch leaves to the one-by-one check (fields outside the known set)
+        agreed += 1
+    assert agreed > 3_000 and 100 < accepted < agreed - 1_000, (agreed, accepted)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"version": "1.0 zeta 0 \nalpha"},  # a field holding a newline cannot pass as two records' lines
+        {"build": "h0_0 \nbeta 2.1 py_1"},  # without the count: two lines that each match
+        {"sha256": "a" * 63 + "\n"},
+        {"subdir": "linux-64\n"},
+    ],
+)
+def test_a_newline_in_a_field_fails_the_batch_as_it_fails_the_record(fields: dict[str, Any]) -> None:
+    rec = record("alpha", **fields)
+    raw = json.dumps(rec).encode()
+    filename = fn(rec)
+    assert _one_by_one(filename, raw) is None
+    assert accepted_as_written([filename, fn(GOOD[1])], [raw, json.dumps(GOOD[1]).encode()]) is None
+
+
+def test_the_batch_check_spans_many_batches_and_keeps_the_order() -> None:
+    recs = [record(f"pkg{k:05d}") for k in range(5_000)]
+    filenames, raws = [fn(rec) for rec in recs], [json.dumps(rec).encode() for rec in recs]
+    assert accepted_as_written(filenames, raws) == [rec["name"] for rec in recs]
+    raws[4_500] = json.dumps(dict(recs[4_500], build_number=-1)).encode()  # in the third batch
+    assert accepted_as_written(filenames, raws) is None
 
 
 def test_records_checked_before_are_reused_only_while_their_bytes_are_unchanged() -> None:
@@ -418,10 +486,10 @@ def test_records_checked_before_are_reused_only_while_their_bytes_are_unchanged(
     after = parse_upstream_repodata(
         document((fn(GOOD[0]), GOOD[0]), (fn(changed), changed), (fn(GOOD[2]), GOOD[2])),
         NameFilter.from_patterns(["!zeta"]),
-        checked=before.records,
+        checked=before,
     )
     assert list(after.records) == [fn(GOOD[0])]
-    assert after.records[fn(GOOD[0])][1] is before.records[fn(GOOD[0])][1]  # not decoded again
+    assert after.records[fn(GOOD[0])] is before.records[fn(GOOD[0])]  # not decoded again
     assert after.dropped == 1 and "out of range" in after.drop_reasons[0][1]
 
 

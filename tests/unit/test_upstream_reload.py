@@ -37,8 +37,8 @@ def test_a_reload_gives_the_records_and_drops_of_a_full_parse(name_filter: NameF
         parsed.subdir, parsed.dropped, parsed.drop_reasons
     )
     if name_filter is None:
-        assert reloaded.records[fn(DASHED)][0] == "py-lib-name"  # the name read from a dashed file name
-        assert b"elsewhere" not in reloaded.records[fn(MOVED)][1]
+        assert reloaded.names[fn(DASHED)] == "py-lib-name"  # the name read from a dashed file name
+        assert b"elsewhere" not in reloaded.records[fn(MOVED)]
 
 
 def test_the_records_named_are_checked_again_on_reload():
@@ -46,7 +46,7 @@ def test_the_records_named_are_checked_again_on_reload():
     reloaded = reload_checked_repodata(body, frozenset({fn(HUGE), fn(DASHED)}))
     assert reloaded is not None
     assert fn(HUGE) not in reloaded.records and reloaded.dropped == 1
-    assert reloaded.records[fn(DASHED)][0] == "py-lib-name"
+    assert reloaded.names[fn(DASHED)] == "py-lib-name"
 
 
 def test_a_document_read_by_the_scanner_cannot_be_reloaded_and_a_broken_one_is_refused():

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import zstandard
 
-from condagate.conda.zstd_splice import SEPARATOR, Piece, compress_piece
+from condagate.conda.zstd_splice import SEPARATOR, Piece, compress_piece, piece_content
 
 ZSTD_LEVEL = 3
 # repodata.json from this size on is kept in blocks spliced into one .zst frame (``spliced_zst``), each
@@ -81,17 +81,27 @@ def _cut_every() -> int:
 class _Block:
     """A run of consecutive records of one kind: ``"NAME":RECORD`` joined by commas, with the comma that
     separates it from the block before (none for the first block of its object); compressed (a
-    ``Piece``) once asked for. Never changed once built (``RepodataParts.copy`` shares blocks)."""
+    ``Piece``) once asked for. Never changed once built (``RepodataParts.copy`` shares blocks), except
+    that a large subdir's blocks let go of their JSON once compressed (``release``): the piece holds
+    the same bytes, and ``body`` gets them back from it if ever asked."""
 
-    __slots__ = ("_piece", "body", "names", "records")
+    __slots__ = ("_body", "_piece", "names", "records", "size")
 
     def __init__(self, names: list[str], records: list[bytes], quoted: list[bytes]) -> None:
         self.names = names
         self.records = records
         pieces = quoted + records  # a list of the right length, then interleaved in place
         pieces[::2], pieces[1::2] = quoted, records
-        self.body = b"".join(pieces)
+        self._body: bytes | None = b"".join(pieces)
+        self.size = len(self._body)
         self._piece: Piece | None = None
+
+    @property
+    def body(self) -> bytes:
+        body = self._body
+        if body is None:  # released: decompressed from the piece, without the padding after it
+            body = piece_content(self.piece())[: self.size]
+        return body
 
     def piece(self) -> Piece:
         """``body`` compressed on its own (``zstd_splice``); once, by whichever thread asks first."""
@@ -99,6 +109,11 @@ class _Block:
         if found is None:
             found = self._piece = compress_piece(zstd_compressor(ZSTD_LARGE_LEVEL), [self.body], padded=True)
         return found
+
+    def release(self) -> None:
+        """Let go of the JSON bytes once compressed (only ``piece`` is needed to serve them)."""
+        if self._piece is not None:
+            self._body = None
 
 
 class RepodataParts:
@@ -172,6 +187,36 @@ class RepodataParts:
         chunks = [SEPARATOR] * (2 * len(texts) - 1)
         chunks[::2] = texts
         return chunks
+
+    def release_json(self) -> int:
+        """Compressed blocks let go of their JSON (a large subdir serves its JSON decompressed from the
+        .zst: ``Encoded.deferred``); the bytes let go of by this call."""
+        released = 0
+        for kind in self._blocks:
+            for block in kind:
+                if block._body is not None and block._piece is not None:
+                    released += block.size
+                    block.release()
+        return released
+
+    def json_size(self, subdir: str, spliced: bool = False) -> int:
+        """The length of ``json_chunks(subdir, spliced)`` joined, without their bytes."""
+        head, middle, tail = _frame_texts(subdir)
+        texts = 3 + sum(map(len, self._blocks))
+        separators = len(SEPARATOR) * (texts - 1) if spliced else 0
+        blocks = sum(block.size for kind in self._blocks for block in kind)
+        return len(head) + len(middle) + len(tail) + blocks + separators
+
+    def same_records(self, other: RepodataParts) -> bool:
+        """Whether ``other`` holds the same records (the very bytes objects, or equal ones) cut alike:
+        then its encodings are this one's."""
+        if self._every != other._every or list(map(len, self._blocks)) != list(map(len, other._blocks)):
+            return False
+        return all(
+            mine is theirs or (mine.names == theirs.names and mine.records == theirs.records)
+            for kind in (0, 1)
+            for mine, theirs in zip(self._blocks[kind], other._blocks[kind], strict=True)
+        )
 
     def zst_pieces(self, subdir: str) -> list[Piece]:
         """Each piece of ``json_chunks`` compressed on its own, for ``zstd_splice.frame_of``. Blocks

@@ -15,16 +15,23 @@ import functools
 import hashlib
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import msgspec
 
 from condagate.conda import record_checks, subdirs
 from condagate.conda.filters import NameFilter
-from condagate.conda.record_checks import MAX_DEPTH, RecordRejected, check_bounded_record, nests_at_most, shown
+from condagate.conda.record_checks import (
+    MAX_DEPTH,
+    RecordRejected,
+    accepted_as_written,
+    check_bounded_record,
+    nests_at_most,
+    shown,
+)
 from condagate.errors import BadRequest
 
 MAX_REASONS = 10  # the first dropped records, with why, for the connector's page and the log
@@ -51,10 +58,12 @@ _decode_text = msgspec.json.Decoder(str).decode
 
 @dataclass(frozen=True)
 class UpstreamRecords:
-    """File name -> (package name, raw record JSON bytes); and the records dropped as unservable."""
+    """File name -> raw record JSON bytes, file name -> package name (two dicts: a merge copies them
+    in C, not record by record); and the records dropped as unservable."""
 
     subdir: str | None
-    records: dict[str, tuple[str, bytes]]
+    records: dict[str, bytes]
+    names: dict[str, str]
     dropped: int = 0
     drop_reasons: tuple[tuple[str, str], ...] = ()  # (file name made safe to show, reason), the first few
     # The file names whose records were dropped or rewritten (every other record is served as it was
@@ -65,11 +74,102 @@ class UpstreamRecords:
         return len(self.records)
 
 
+class KnownRecords(Protocol):
+    """Records a parse returned before (``UpstreamRecords``, or a snapshot made of them)."""
+
+    @property
+    def records(self) -> Mapping[str, bytes]: ...
+
+    @property
+    def names(self) -> Mapping[str, str]: ...
+
+
+class _Collected:
+    """The records a parse keeps, the ones it drops and why, and which are not served as written."""
+
+    def __init__(self, name_filter: NameFilter | None) -> None:
+        self.allows = None if name_filter is None or name_filter.is_open else name_filter.allows
+        self.records: dict[str, bytes] = {}
+        self.names: dict[str, str] = {}
+        self.dropped: list[tuple[str, str]] = []
+        self.not_as_written: set[str] = set()
+
+    def keep(self, filenames: list[str], names: list[str], records: list[bytes]) -> None:
+        allows = self.allows
+        if allows is None:
+            self.records.update(zip(filenames, records, strict=True))
+            self.names.update(zip(filenames, names, strict=True))
+            return
+        for filename, name, record in zip(filenames, names, records, strict=True):
+            if allows(name):
+                self.records[filename] = record
+                self.names[filename] = name
+
+    def check_each(self, entries: Iterable[_Entry], checked: KnownRecords | None) -> None:
+        """Check records one by one (those ``checked`` holds with the same bytes are taken as they were)."""
+        known_records = checked.records if checked is not None else {}
+        for filename, raw, problem in entries:
+            record = bytes(raw)
+            known = known_records.get(filename)
+            if checked is not None and known is not None and known == record and not problem:
+                name, served = checked.names[filename], known
+            else:
+                try:
+                    if problem:
+                        raise RecordRejected(problem)
+                    name, served = check_bounded_record(filename, record)  # the document's nesting is bounded
+                except RecordRejected as exc:
+                    self.dropped.append((shown(filename), exc.reason))
+                    self.not_as_written.add(filename)
+                    continue
+            if served is not record and served != record:
+                self.not_as_written.add(filename)
+            self.keep([filename], [name], [served])
+
+    def check_group(self, group: dict[str, msgspec.Raw], checked: KnownRecords | None) -> None:
+        """One ``packages`` object of a document msgspec read whole: the records ``checked`` holds with
+        the same bytes as they were, the others in batches (``accepted_as_written``) when every one
+        passes as written, else all one by one (to say which fail, and why)."""
+        filenames = list(group)
+        records = list(map(bytes, group.values()))
+        names: list[str | None]
+        if checked is not None and checked.records:
+            known_records, known_names = checked.records, checked.names
+            names = [None] * len(filenames)
+            for index, (filename, record) in enumerate(zip(filenames, records, strict=True)):
+                known = known_records.get(filename)
+                if known is not None and known == record:
+                    records[index], names[index] = known, known_names[filename]  # the very bytes kept before
+            new = [index for index, name in enumerate(names) if name is None]
+            accepted = accepted_as_written([filenames[i] for i in new], [records[i] for i in new])
+            if accepted is not None:
+                for index, name in zip(new, accepted, strict=True):
+                    names[index] = name
+                self.keep(filenames, names, records)  # type: ignore[arg-type]  # no None left
+                return
+        else:
+            accepted = accepted_as_written(filenames, records)
+            if accepted is not None:
+                self.keep(filenames, accepted, records)
+                return
+        self.check_each([(filename, record, "") for filename, record in zip(filenames, records, strict=True)], checked)
+
+    def result(self, subdir: str | None, scanned: bool) -> UpstreamRecords:
+        return UpstreamRecords(
+            subdir,
+            self.records,
+            self.names,
+            len(self.dropped),
+            tuple(self.dropped[:MAX_REASONS]),
+            None if scanned else frozenset(self.not_as_written),
+        )
+
+
 def parse_upstream_repodata(
     body: bytes,
     name_filter: NameFilter | None = None,
     *,
-    checked: Mapping[str, tuple[str, bytes]] | None = None,
+    checked: KnownRecords | None = None,
 ) -> UpstreamRecords:
     """Parse repodata.json bytes; drop records that fail the checks or the filter. ``base_url``,
     and each record's ``url`` and ``channel``, are never passed on: package URLs must point at
@@ -80,42 +180,15 @@ def parse_upstream_repodata(
     bytes are unchanged is not checked again. A refresh of a big channel changes few records."""
     # doc, packages, record: a record's containers open at most MAX_DEPTH levels below that.
     document = _decode_whole(body) if nests_at_most(body, 3 + MAX_DEPTH) else None
+    collected = _Collected(name_filter)
     if document is None:
         subdir, entries = _scan(body)
+        collected.check_each(entries, checked)
     else:
         subdir = document.info.subdir if document.info else None
-        groups = (document.packages, document.packages_conda)
-        entries = ((filename, raw, "") for group in groups for filename, raw in group.items())
-    checked = checked or {}
-    allows = None if name_filter is None or name_filter.is_open else name_filter.allows
-    records: dict[str, tuple[str, bytes]] = {}
-    dropped: list[tuple[str, str]] = []
-    not_as_written: set[str] = set()
-    for filename, raw, problem in entries:
-        record = bytes(raw)
-        known = checked.get(filename)
-        if known is not None and known[1] == record and not problem:
-            name, served = known
-        else:
-            try:
-                if problem:
-                    raise RecordRejected(problem)
-                name, served = check_bounded_record(filename, record)  # the document's nesting is bounded
-            except RecordRejected as exc:
-                dropped.append((shown(filename), exc.reason))
-                not_as_written.add(filename)
-                continue
-        if served is not record and served != record:
-            not_as_written.add(filename)
-        if allows is None or allows(name):
-            records[filename] = (name, served)
-    return UpstreamRecords(
-        subdir,
-        records,
-        len(dropped),
-        tuple(dropped[:MAX_REASONS]),
-        None if document is None else frozenset(not_as_written),
-    )
+        for group in (document.packages, document.packages_conda):
+            collected.check_group(group, checked)
+    return collected.result(subdir, scanned=document is None)
 
 
 @functools.cache
@@ -145,23 +218,27 @@ def reload_checked_repodata(
         document = _decode_repodata(body)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    allows = None if name_filter is None or name_filter.is_open else name_filter.allows
-    records: dict[str, tuple[str, bytes]] = {}
-    dropped: list[tuple[str, str]] = []
+    collected = _Collected(name_filter)
     for group in (document.packages, document.packages_conda):
-        for filename, raw in group.items():
-            if filename in not_as_written:
-                try:
-                    name, record = check_bounded_record(filename, bytes(raw))
-                except RecordRejected as exc:
-                    dropped.append((shown(filename), exc.reason))
-                    continue
-            else:
-                name, record = filename.rsplit("-", 2)[0], bytes(raw)
-            if allows is None or allows(name):
-                records[filename] = (name, record)
+        filenames = list(group)
+        records = list(map(bytes, group.values()))
+        names = [filename.rsplit("-", 2)[0] for filename in filenames]
+        named = [i for i, filename in enumerate(filenames) if filename in not_as_written] if not_as_written else []
+        start = 0  # kept in the document's order: the named records are checked where they stand
+        for index in named:
+            collected.keep(filenames[start:index], names[start:index], records[start:index])
+            collected.check_each([(filenames[index], records[index], "")], None)
+            start = index + 1
+        collected.keep(filenames[start:], names[start:], records[start:])
     subdir = document.info.subdir if document.info else None
-    return UpstreamRecords(subdir, records, len(dropped), tuple(dropped[:MAX_REASONS]), not_as_written)
+    return UpstreamRecords(
+        subdir,
+        collected.records,
+        collected.names,
+        len(collected.dropped),
+        tuple(collected.dropped[:MAX_REASONS]),
+        not_as_written,
+    )
 
 
 _Entry = tuple[str, bytes | msgspec.Raw, str]  # file name, record, a problem found by _scan ("" if none)

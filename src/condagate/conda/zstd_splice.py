@@ -12,7 +12,7 @@ gains ``SEPARATOR`` (spaces, which JSON allows between tokens) after every piece
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -93,3 +93,18 @@ def frame_of(pieces: Sequence[Piece]) -> list[bytes]:
         chunks.append(piece.blocks)
     chunks.append(_END)
     return chunks
+
+
+def piece_content(piece: Piece) -> bytes:
+    """The bytes ``piece`` was compressed from (its ``PAD`` included, if it has one)."""
+    return zstandard.ZstdDecompressor().decompress(b"".join(frame_of([piece])))
+
+
+def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A zstd frame's content, chunk by chunk as the compressed ``chunks`` are read (one in memory at
+    a time)."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    for chunk in chunks:
+        out = decompressor.decompress(chunk)
+        if out:
+            yield out

@@ -243,7 +243,7 @@ def check_upstream(services: Services, config: ConnectorConfig) -> UpstreamCheck
     return UpstreamCheck(
         subdir=subdir,
         package_files=len(parsed.records),
-        packages=len({name for name, _ in parsed.records.values()}),
+        packages=len(set(parsed.names.values())),
         response_ms=int((time.perf_counter() - started) * 1000),
         filtered=bool(config.include or config.exclude),
     )

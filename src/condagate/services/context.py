@@ -14,6 +14,7 @@ from condagate.security.secretbox import SecretBox
 from condagate.services.access_control import AccessControl
 from condagate.services.access_recorder import AccessRecorder
 from condagate.services.downloads import DownloadCounter
+from condagate.services.encoded_files import EncodedFiles
 from condagate.services.lookups import RecentLookups
 from condagate.services.repodata_cache import RepodataCache
 from condagate.services.upstream_state import SharedUpstreamState
@@ -34,6 +35,7 @@ class Services:
     blobs: BlobStore
     locks: Locks  # cross-process (and, on PostgreSQL, cross-replica) named locks
     repodata: RepodataCache
+    encoded_files: EncodedFiles  # this host's files of large subdirs' JSON, served with pathsend
     upstream: UpstreamRepodataCache
     downloads: DownloadCounter
     http: httpx.Client
@@ -102,6 +104,7 @@ class Services:
             blobs=blobs,
             locks=locks,
             repodata=RepodataCache(db, upstream),
+            encoded_files=EncodedFiles(settings.data_dir / "encoded"),
             upstream=upstream,
             downloads=DownloadCounter(db),
             http=http,

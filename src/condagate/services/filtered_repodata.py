@@ -6,7 +6,7 @@ name it leaves alone. A feed without such a policy serves the snapshot itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -20,7 +20,6 @@ from condagate.services.subdir_snapshot import (
     SubdirSnapshot,
     encode_subdir,
     etag_of,
-    served_json_chunks,
 )
 
 
@@ -52,20 +51,20 @@ class FilteredSubdir:
     _shard_index: Encoded | None = None
     _shards_by_digest: dict[str, bytes] | None = None
     _bz2: Encoded | None = None
+    _parts: RepodataParts | None = None  # what the encodings were made of, to tell the next build alike
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, snapshot: SubdirSnapshot, hidden: frozenset[str], previous: Served | None) -> FilteredSubdir:
         parts = RepodataParts.from_records(snapshot.records, exclude=hidden)
-        chunks = served_json_chunks(parts, snapshot.subdir)
-        if isinstance(previous, FilteredSubdir) and _same_bytes(previous.json.chunks, chunks):
-            return cls(snapshot, hidden, previous.json, previous.zst, _bz2=previous._bz2)
+        if isinstance(previous, FilteredSubdir) and previous._parts is not None and previous._parts.same_records(parts):
+            return cls(snapshot, hidden, previous.json, previous.zst, _bz2=previous._bz2, _parts=previous._parts)
         # Last-Modified must move with the body: the filter may change while the snapshot does not.
         moment = max(snapshot.built_at, datetime.now(UTC).replace(microsecond=0))
         if previous is not None and moment <= previous.json.last_modified:
             moment = previous.json.last_modified + timedelta(seconds=1)
-        return cls(snapshot, hidden, *encode_subdir(parts, snapshot.subdir, moment))
+        return cls(snapshot, hidden, *encode_subdir(parts, snapshot.subdir, moment), _parts=parts)
 
     @property
     def subdir(self) -> str:
@@ -74,7 +73,7 @@ class FilteredSubdir:
     def bz2(self) -> Encoded:
         with self._bz2_lock:
             if self._bz2 is None:
-                body = compress_bz2_chunks(self.json.chunks)
+                body = compress_bz2_chunks(self.json.iter_chunks())
                 self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.json.last_modified)
             return self._bz2
 
@@ -110,15 +109,6 @@ class FilteredSubdir:
                 )
                 self._shard_index = Encoded(index, etag_of(index, "shards"), self.json.last_modified)
             return self._shard_index
-
-
-def _same_bytes(chunks: Sequence[bytes], others: Sequence[bytes]) -> bool:
-    """Whether two lists of chunks hold the same bytes (cut alike or not), without joining them."""
-    if sum(map(len, chunks)) != sum(map(len, others)):
-        return False
-    if len(chunks) == len(others) and all(map(bytes.__eq__, chunks, others)):
-        return True
-    return b"".join(chunks) == b"".join(others)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ class UpstreamStream:
             if incoming.sha256.hexdigest() != expected_sha256.lower():
                 raise UpstreamMismatch(f"{self._what}: sha256 differs from the upstream's repodata record")
         elif isinstance(record.get("md5"), str):
-            if incoming.md5.hexdigest() != str(record["md5"]).lower():
+            if incoming.md5_hex() != str(record["md5"]).lower():
                 raise UpstreamMismatch(f"{self._what}: md5 differs from the upstream's repodata record")
         else:
             raise UpstreamMismatch(f"{self._what}: the upstream's record has no checksum to verify against")

@@ -247,9 +247,8 @@ class RepodataCache:
             merged_records: dict[str, bytes] = {}
             merged_names: dict[str, str] = {}
             for upstream in reversed(upstreams):  # the first connector wins a file name over later ones
-                # Comprehensions: at 500,000 records about twice as fast as one loop filling both.
-                merged_records.update({filename: entry[1] for filename, entry in upstream.records.items()})
-                merged_names.update({filename: entry[0] for filename, entry in upstream.records.items()})
+                merged_records.update(upstream.records)
+                merged_names.update(upstream.names)
             records, names = merged_records, merged_names
             if keep_cached:
                 sticky = self._sticky(subdir, upstreams, merged_records, merged_names)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,21 +15,28 @@ from typing import Any
 from condagate.conda.records import decode_record
 from condagate.conda.repodata import RepodataParts, compress_bz2_chunks, compress_repodata_zstd, spliced_zst
 from condagate.conda.shards import ShardIndexEntries, encode_shard
-from condagate.conda.zstd_splice import frame_of
+from condagate.conda.zstd_splice import decompressed, frame_of
+from condagate.process_memory import return_freed_memory
 from condagate.store.packages import SubdirVersion
 
 ShardEntry = tuple[tuple[tuple[str, bytes], ...], bytes, bytes]  # (records key, digest, body)
 UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
+# A build that let go of this much JSON gives the memory back to the system (``malloc_trim``: ~20 ms
+# after a 500,000-record subdir; one more record frees one block and does not pay it).
+_RETURN_FREED_FROM = 64 * 1024 * 1024
 
 
 class Encoded:
     """Bytes served with their ETag and Last-Modified: whole, or as chunks (the frames of a large
-    subdir's .zst, the blocks of its JSON) joined only when something needs them whole. Never changed."""
+    subdir's .zst) joined only when something needs them whole, or ``deferred``: produced from a
+    source each time they are read (a large subdir's JSON, decompressed from its .zst: served from a
+    file of this host's, ``services.encoded_files``). Never changed."""
 
-    __slots__ = ("__weakref__", "_body", "chunks", "etag", "last_modified", "size")
+    __slots__ = ("__weakref__", "_body", "_source", "chunks", "etag", "last_modified", "size")
 
     def __init__(self, body: bytes, etag: str, last_modified: datetime) -> None:
         self._body: bytes | None = body
+        self._source: Callable[[], Iterable[bytes]] | None = None
         self.chunks: tuple[bytes, ...] = (body,)
         self.size = len(body)
         self.etag = etag
@@ -43,11 +50,33 @@ class Encoded:
         encoded._body = chunks[0] if len(chunks) == 1 else None
         return encoded
 
+    @classmethod
+    def deferred(
+        cls, size: int, source: Callable[[], Iterable[bytes]], etag: str, last_modified: datetime
+    ) -> Encoded:
+        """``size`` bytes that ``source()`` yields anew on each call; nothing of them kept here."""
+        encoded = cls(b"", etag, last_modified)
+        encoded.chunks = ()
+        encoded.size = size
+        encoded._body = None
+        encoded._source = source
+        return encoded
+
+    def is_deferred(self) -> bool:
+        return self._source is not None
+
+    def iter_chunks(self) -> Iterable[bytes]:
+        """The bytes in order, one chunk at a time (a deferred body is produced anew)."""
+        return self.chunks if self._source is None else self._source()
+
     @property
     def body(self) -> bytes:
-        """The bytes whole: joined on first use (a large subdir's JSON is better sent as ``chunks``)."""
+        """The bytes whole: joined on first use (a large subdir's JSON is better sent as ``chunks``, or
+        from its file); a deferred body is produced and joined on every use, never kept."""
         body = self._body
         if body is None:
+            if self._source is not None:
+                return b"".join(self._source())
             body = self._body = b"".join(self.chunks)
         return body
 
@@ -69,27 +98,20 @@ def json_and_zst(body: bytes, moment: datetime) -> tuple[Encoded, Encoded]:
 
 def encode_subdir(parts: RepodataParts, subdir: str, moment: datetime) -> tuple[Encoded, Encoded]:
     """repodata.json and .zst of ``parts``. A small subdir: one join, one zstd frame (``json_and_zst``).
-    A large one: the JSON stays a list of blocks and the .zst is one frame spliced from blocks each
-    compressed once (``zstd_splice``; blocks unchanged since an earlier encoding are reused); the ETag
-    hashes the pieces' digests, which depend on the JSON alone, so every worker gives the same JSON the
-    same ETag."""
-    chunks = served_json_chunks(parts, subdir)
-    if len(chunks) == 1:
-        return json_and_zst(chunks[0], moment)
+    A large one: the .zst is one frame spliced from blocks each compressed once (``zstd_splice``; blocks
+    unchanged since an earlier encoding are reused), and the JSON is what it decompresses to
+    (``Encoded.deferred``: the blocks let go of their JSON once compressed, so a worker holds the
+    large subdir's records and its .zst, not its JSON a second time). The ETag hashes the pieces'
+    digests, which depend on the JSON alone, so every worker gives the same JSON the same ETag."""
+    if not spliced_zst(parts.json_size(subdir)):
+        return json_and_zst(parts.encode(subdir), moment)
     pieces = parts.zst_pieces(subdir)
+    if parts.release_json() >= _RETURN_FREED_FROM:
+        return_freed_memory()
     digest = hashlib.sha256(b"".join(piece.digest for piece in pieces)).hexdigest()[:40]
-    return (
-        Encoded.of_chunks(chunks, f'"{digest}-json"', moment),
-        Encoded.of_chunks(frame_of(pieces), f'"{digest}-zst"', moment),
-    )
-
-
-def served_json_chunks(parts: RepodataParts, subdir: str) -> list[bytes]:
-    """The repodata.json ``encode_subdir`` serves: one joined body, or a large subdir's spliced blocks."""
-    chunks = parts.json_chunks(subdir)
-    if spliced_zst(sum(map(len, chunks))):
-        return parts.json_chunks(subdir, spliced=True)
-    return [b"".join(chunks)]
+    zst = Encoded.of_chunks(frame_of(pieces), f'"{digest}-zst"', moment)
+    json_size = parts.json_size(subdir, spliced=True)
+    return Encoded.deferred(json_size, lambda: decompressed(zst.chunks), f'"{digest}-json"', moment), zst
 
 
 @dataclass
@@ -143,7 +165,7 @@ class SubdirSnapshot:
     def bz2(self) -> Encoded:
         with self._bz2_lock:
             if self._bz2 is None:
-                body = compress_bz2_chunks(self.json.chunks)
+                body = compress_bz2_chunks(self.json.iter_chunks())
                 self._bz2 = Encoded(body, self.json.etag.replace("-json", "-bz2"), self.built_at)
             return self._bz2
 

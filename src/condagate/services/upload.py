@@ -106,7 +106,7 @@ def store_upload(
         record = build_record(
             metadata,
             sha256=sha256,
-            md5=incoming.md5.hexdigest(),
+            md5=incoming.md5_hex(),
             size=incoming.size,
             uploaded_at_ms=int(time.time() * 1000),
         )

@@ -49,14 +49,21 @@ class IncomingBlob:
     path: Path
     handle: BinaryIO
     sha256: hashlib._Hash
-    md5: hashlib._Hash
+    _md5: hashlib._Hash | None  # None: not computed (kept state, which no record describes)
     size: int = 0
 
     def write(self, chunk: bytes) -> None:
         self.handle.write(chunk)
         self.sha256.update(chunk)
-        self.md5.update(chunk)
+        if self._md5 is not None:
+            self._md5.update(chunk)
         self.size += len(chunk)
+
+    def md5_hex(self) -> str:
+        """The md5 conda records carry (package files' only)."""
+        if self._md5 is None:
+            raise ValueError("this incoming blob was not opened to compute an md5")
+        return self._md5.hexdigest()
 
     def finish(self) -> None:
         self.handle.flush()
@@ -147,9 +154,10 @@ class TempFolder:
         self._prefix = f"upload-{owner}-" if owner else "upload-"
         folder.mkdir(parents=True, exist_ok=True)
 
-    def incoming(self) -> IncomingBlob:
+    def incoming(self, md5: bool = True) -> IncomingBlob:
         fd, name = tempfile.mkstemp(dir=self.folder, prefix=self._prefix)
-        return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5())  # noqa: S324
+        # md5: what conda records carry, not security
+        return IncomingBlob(Path(name), os.fdopen(fd, "wb"), hashlib.sha256(), hashlib.md5() if md5 else None)  # noqa: S324
 
     def copy_file(self) -> tuple[int, Path]:
         """A temp file for a copy of a stored blob (named like this server's other temp files, so a

@@ -78,7 +78,7 @@ class LocalBlobStore:
         return True
 
     def put_bytes(self, data: bytes) -> str:
-        incoming = self.incoming()
+        incoming = self._temp.incoming(md5=False)
         try:
             incoming.write(data)
             incoming.finish()

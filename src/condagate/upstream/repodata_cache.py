@@ -55,7 +55,8 @@ Key = tuple[int, str]
 class UpstreamSnapshot:
     connector_id: int
     subdir: str
-    records: dict[str, tuple[str, bytes]]
+    records: dict[str, bytes]  # file name -> record JSON bytes
+    names: dict[str, str]  # file name -> package name
     generation: int
     etag: str
     checked_at: float  # time.time() of the last successful check (200 or 304), here or by another replica
@@ -293,8 +294,8 @@ class UpstreamRepodataCache:
         if parsed is None:
             return None
         return UpstreamSnapshot(
-            connector.id, subdir, parsed.records, next(_generations), state.etag, self._validated_at(state, connector),
-            sha256=state.sha256, last_modified=state.last_modified,
+            connector.id, subdir, parsed.records, parsed.names, next(_generations), state.etag,
+            self._validated_at(state, connector), sha256=state.sha256, last_modified=state.last_modified,
         )
 
     def _newest_kept(
@@ -350,11 +351,11 @@ class UpstreamRepodataCache:
                 # The body goes to the blob store while its records are checked.
                 stored = self._kept.store_early(compressed) if compressed is not None else None
                 parsed = (
-                    UpstreamRecords(subdir, {})
+                    UpstreamRecords(subdir, {}, {})
                     if fetched.missing or fetched.body is None
                     else parse_upstream_repodata(
                         # records unchanged since the last fetch are not checked again
-                        fetched.body, connector.name_filter, checked=base.records if base else None
+                        fetched.body, connector.name_filter, checked=base
                     )
                 )
                 if parsed.dropped:
@@ -374,7 +375,7 @@ class UpstreamRepodataCache:
                             last_modified=fetched.last_modified, fetched_at=now, not_as_written=parsed.not_as_written,
                         )
                 snapshot = UpstreamSnapshot(
-                    connector.id, subdir, parsed.records, next(_generations), fetched.etag, now,
+                    connector.id, subdir, parsed.records, parsed.names, next(_generations), fetched.etag, now,
                     sha256=sha256, last_modified=fetched.last_modified,
                 )
                 fetched_body = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -21,6 +21,7 @@ from condagate.errors import NotFound, PackageNotFound
 from condagate.security.permissions import Permission, Principal
 from condagate.services import channel, sca, sca_filter
 from condagate.services.context import Services
+from condagate.services.encoded_files import EncodedFiles
 from condagate.services.filtered_repodata import Served
 from condagate.services.proxy_download import open_upstream
 from condagate.services.subdir_snapshot import Encoded
@@ -71,8 +72,21 @@ class ChunksResponse(Response):
             await send({"type": "http.response.body", "body": b""})
 
 
-async def repodata_response(request: Request, encoded: Encoded, media_type: str) -> Response:
-    """``encoded_response`` for repodata that may be kept in chunks (``Encoded.of_chunks``)."""
+async def repodata_response(request: Request, encoded: Encoded, media_type: str, files: EncodedFiles) -> Response:
+    """``encoded_response`` for repodata that may be kept in chunks (``Encoded.of_chunks``), or only as
+    this host's file (``Encoded.deferred``: a large subdir's JSON, sent with ``pathsend``)."""
+    if encoded.is_deferred():
+        headers = {
+            "etag": encoded.etag,
+            "last-modified": http_date(encoded.last_modified),
+            "cache-control": REPODATA_CACHE_CONTROL,
+        }
+        if is_not_modified(request, encoded.etag, encoded.last_modified):
+            return Response(status_code=304, headers=headers)
+        if request.method == "HEAD":
+            return Response(b"", media_type=media_type, headers={**headers, "content-length": str(encoded.size)})
+        path = await run_in_threadpool(files.path, encoded)
+        return FileResponse(path, media_type=media_type, headers=headers)
     if not encoded.joined() and encoded.size < JOIN_BELOW:
         await run_in_threadpool(lambda: encoded.body)
     if encoded.joined() or is_not_modified(request, encoded.etag, encoded.last_modified):
@@ -180,7 +194,7 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         encoded = served.json if kind == "json" else served.zst if kind == "zst" else None
         if encoded is None:
             encoded = await run_in_threadpool(served.bz2)
-        response = await repodata_response(request, encoded, media_type)
+        response = await repodata_response(request, encoded, media_type, services.encoded_files)
         return _with_stale_notice(request, response, located)
     try:
         found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)

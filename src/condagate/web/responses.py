@@ -98,8 +98,9 @@ JOIN_BELOW = 8 * 1024 * 1024
 
 
 def sendable(encoded: Encoded) -> bool:
-    """Whether ``send_encoded`` may send it as it is: whole already, or too large ever to be joined."""
-    return encoded.joined() or encoded.size >= JOIN_BELOW
+    """Whether ``send_encoded`` may send it as it is: whole already, or too large ever to be joined (and
+    not deferred: the route sends that from this host's file)."""
+    return encoded.joined() or (encoded.size >= JOIN_BELOW and not encoded.is_deferred())
 
 
 async def send_encoded(scope: Scope, send: Send, encoded: Encoded, media_type: str, cache_control: str) -> None:
