@@ -1,5 +1,6 @@
 """This host's files of deferred encodings (``services.encoded_files``): written once, whole or not at
-all, named by the ETag; files nobody served for a while are removed when another is written."""
+all, named by feed subdir and ETag; a subdir's superseded files, and files nobody served for a while,
+are removed when another is written."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ def deferred(body: bytes, etag: str, calls: list[int] | None = None) -> Encoded:
 def test_a_file_is_written_once_and_then_found(tmp_path: Path) -> None:
     files, calls = EncodedFiles(tmp_path / "encoded"), []
     encoded = deferred(b'{"packages":{}}', '"' + "a" * 40 + '-json"', calls)
-    path = files.path(encoded)
-    assert path.read_bytes() == b'{"packages":{}}' and path.name == "a" * 40 + "-json"
-    assert files.path(encoded) == path and EncodedFiles(tmp_path / "encoded").path(encoded) == path
+    path = files.path(encoded, 7, "noarch")
+    assert path.read_bytes() == b'{"packages":{}}' and path.name == "7-noarch." + "a" * 40 + "-json"
+    assert files.path(encoded, 7, "noarch") == path
+    assert EncodedFiles(tmp_path / "encoded").path(encoded, 7, "noarch") == path
     assert calls == [1]  # another process (a second EncodedFiles) found the file too
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
@@ -43,26 +45,45 @@ def test_a_source_that_breaks_off_leaves_no_file(tmp_path: Path) -> None:
         raise OSError("the disk is full")
 
     with pytest.raises(OSError, match="full"):
-        files.path(Encoded.deferred(10, broken, '"' + "b" * 40 + '-json"', MOMENT))
+        files.path(Encoded.deferred(10, broken, '"' + "b" * 40 + '-json"', MOMENT), 1, "noarch")
     short = Encoded.deferred(10, lambda: [b"12345"], '"' + "c" * 40 + '-json"', MOMENT)
     with pytest.raises(RuntimeError, match="expected 10"):
-        files.path(short)
+        files.path(short, 1, "noarch")
     assert list((tmp_path / "encoded").iterdir()) == []
+
+
+def _aged(seconds: float, *paths: Path) -> None:
+    then = time.time() - seconds
+    for path in paths:
+        os.utime(path, (then, then))
+
+
+def test_a_subdirs_superseded_files_go_once_nobody_serves_them(tmp_path: Path) -> None:
+    folder = tmp_path / "encoded"
+    files = EncodedFiles(folder)
+    old = files.path(deferred(b"version 1", '"' + "1" * 40 + '-json"'), 1, "linux-64")
+    recent = files.path(deferred(b"version 2", '"' + "2" * 40 + '-json"'), 1, "linux-64")
+    other_subdir = files.path(deferred(b"noarch 1", '"' + "4" * 40 + '-json"'), 1, "noarch")
+    other_feed = files.path(deferred(b"feed 2", '"' + "5" * 40 + '-json"'), 2, "linux-64")
+    _aged(encoded_files.SUPERSEDED_SECONDS + 30, old, other_subdir, other_feed)
+    newest = files.path(deferred(b"version 3", '"' + "3" * 40 + '-json"'), 1, "linux-64")
+    # ``old``: superseded and untouched; ``recent``: perhaps still served by a worker that has not seen
+    # the change; the other subdir's and feed's files are not superseded by this one.
+    kept = (recent, other_subdir, other_feed, newest)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in kept)
 
 
 def test_files_unused_for_a_while_are_removed_when_another_is_written(tmp_path: Path) -> None:
     folder = tmp_path / "encoded"
     files = EncodedFiles(folder)
-    old = files.path(deferred(b"old bytes", '"' + "1" * 40 + '-json"'))
-    served = files.path(deferred(b"served bytes", '"' + "2" * 40 + '-json"'))
+    old = files.path(deferred(b"old bytes", '"' + "1" * 40 + '-json"'), 1, "noarch")
+    served = files.path(deferred(b"served bytes", '"' + "2" * 40 + '-json"'), 2, "noarch")
     crashed = folder / ".writing-leftover"
     crashed.write_bytes(b"half")
-    long_ago = time.time() - encoded_files.UNUSED_SECONDS - 60
-    for path in (old, served, crashed):
-        os.utime(path, (long_ago, long_ago))
+    _aged(encoded_files.UNUSED_SECONDS + 60, old, served, crashed)
     # A worker that serves a file moves its mtime (at most once a minute): it is not removed.
-    EncodedFiles(folder).path(deferred(b"served bytes", '"' + "2" * 40 + '-json"'))
-    new = files.path(deferred(b"new bytes", '"' + "3" * 40 + '-json"'))
+    EncodedFiles(folder).path(deferred(b"served bytes", '"' + "2" * 40 + '-json"'), 2, "noarch")
+    new = files.path(deferred(b"new bytes", '"' + "3" * 40 + '-json"'), 3, "noarch")
     assert sorted(p.name for p in folder.iterdir()) == sorted([served.name, new.name])
 
 
@@ -70,3 +91,9 @@ def test_files_unused_for_a_while_are_removed_when_another_is_written(tmp_path: 
 def test_only_condagates_own_etags_name_files(etag: str) -> None:
     with pytest.raises(ValueError, match="not an ETag"):
         file_name(etag)
+
+
+@pytest.mark.parametrize("subdir", ["../x", "Linux-64", "", "a/b"])
+def test_only_subdir_names_name_files(tmp_path: Path, subdir: str) -> None:
+    with pytest.raises(ValueError, match="not a feed subdir"):
+        EncodedFiles(tmp_path).path(deferred(b"x", '"' + "a" * 40 + '-json"'), 1, subdir)

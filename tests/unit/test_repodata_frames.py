@@ -233,3 +233,24 @@ def test_a_filtered_view_reuses_its_encodings_while_the_same_records_are_hidden(
     assert other.json is not first.json and other.zst.etag != first.zst.etag
     assert other.json.last_modified > first.json.last_modified  # the body moved, so does the date
     assert conda_decodes(other.zst.body) == other.json.body
+
+
+def test_a_large_subdir_is_compressed_while_it_is_cut_and_encodes_as_before(monkeypatch: pytest.MonkeyPatch):
+    """``from_records(compress=True)``: once past the spliced size, each block is compressed as it is
+    cut and lets go of its JSON (a large subdir's JSON is never all in memory); the encodings are the
+    same bytes and ETags. A small subdir is left as it was (one join at level 3)."""
+    monkeypatch.delenv(FRAME_BYTES_ENV, raising=False)
+    records = records_of(30_000)
+    eager = RepodataParts.from_records(records, compress=True)
+    blocks = [block for kind in eager._blocks for block in kind]
+    assert len(blocks) > 4 and all(block._body is None and block._piece is not None for block in blocks)
+    released = eager.release_json()
+    assert released == sum(block.size for block in blocks) and eager.release_json() == 0
+    lazy_json, lazy_zst = encode_subdir(RepodataParts.from_records(records), "linux-64", MOMENT)
+    eager_json, eager_zst = encode_subdir(eager, "linux-64", MOMENT)
+    assert (eager_zst.etag, eager_zst.body) == (lazy_zst.etag, lazy_zst.body)
+    assert (eager_json.etag, eager_json.body) == (lazy_json.etag, lazy_json.body)
+
+    small = RepodataParts.from_records(records_of(500), compress=True)
+    assert all(block._body is not None and block._piece is None for kind in small._blocks for block in kind)
+    assert small.encode("noarch") == encode_repodata("noarch", records_of(500))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import bisect
 import bz2
+import collections
 import json
 import os
 import re
 import threading
 import zlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
@@ -125,22 +126,33 @@ class RepodataParts:
     A value is built (``from_records``, ``put``) by one thread and then only read: ``copy`` before
     changing one that readers may hold (it copies two short lists of blocks, not the records)."""
 
-    __slots__ = ("_blocks", "_every")
+    __slots__ = ("_blocks", "_every", "_released")
 
-    def __init__(self, blocks: tuple[list[_Block], list[_Block]], every: int) -> None:
+    def __init__(self, blocks: tuple[list[_Block], list[_Block]], every: int, released: int = 0) -> None:
         self._blocks = blocks  # per kind, in file name order
         self._every = every
+        self._released = released  # JSON bytes let go of since ``release_json`` last said
 
     @classmethod
-    def from_records(cls, records: Mapping[str, bytes], exclude: Collection[str] = ()) -> RepodataParts:
+    def from_records(
+        cls, records: Mapping[str, bytes], exclude: Collection[str] = (), compress: bool = False
+    ) -> RepodataParts:
+        """``compress``: once the JSON is known to be large (spliced), each block is compressed as soon
+        as it is cut and lets go of its JSON, so that a large subdir's JSON is never all in memory
+        besides its records."""
         every = _cut_every()
         blocks: tuple[list[_Block], list[_Block]] = ([], [])
+        compressing = _Compressing() if compress else None
         for kind, suffix in enumerate(_KINDS):
             names = sorted(fn for fn in records if fn.endswith(suffix))
             if exclude:
                 names = [fn for fn in names if fn not in exclude]
-            blocks[kind].extend(_cut(names, list(map(records.__getitem__, names)), every, first=True))
-        return cls(blocks, every)
+            for block in _cut(names, list(map(records.__getitem__, names)), every, first=True):
+                blocks[kind].append(block)
+                if compressing is not None:
+                    compressing.add(block)
+        released = compressing.finish() if compressing is not None else 0
+        return cls(blocks, every, released)
 
     def copy(self) -> RepodataParts:
         return RepodataParts((self._blocks[0].copy(), self._blocks[1].copy()), self._every)
@@ -171,7 +183,7 @@ class RepodataParts:
                 blocks = self._blocks[kind]
                 for at in sorted(pending, reverse=True):  # splitting shifts only what follows
                     names, records = pending[at]
-                    blocks[at : at + 1] = _cut(names, records, self._every, first=at == 0)
+                    blocks[at : at + 1] = list(_cut(names, records, self._every, first=at == 0))
 
     def __len__(self) -> int:
         return sum(len(block.names) for kind in self._blocks for block in kind)
@@ -190,8 +202,9 @@ class RepodataParts:
 
     def release_json(self) -> int:
         """Compressed blocks let go of their JSON (a large subdir serves its JSON decompressed from the
-        .zst: ``Encoded.deferred``); the bytes let go of by this call."""
-        released = 0
+        .zst: ``Encoded.deferred``); the bytes let go of since the last call (``from_records`` with
+        ``compress`` lets go of them as it goes)."""
+        released, self._released = self._released, 0
         for kind in self._blocks:
             for block in kind:
                 if block._body is not None and block._piece is not None:
@@ -255,20 +268,55 @@ class _Lasts(Sequence[str]):
         return names[-1] if names else ""
 
 
-def _cut(names: list[str], records: list[bytes], every: int, first: bool) -> list[_Block]:
+def _cut(names: list[str], records: list[bytes], every: int, first: bool) -> Iterator[_Block]:
     """Blocks of consecutive records, each ending after a name whose checksum ``every`` divides
     (``_quoted_names``), or at the end; ``first``: these records open their object (no comma before)."""
     quoted, checksums = _quoted_names(names, first)
     ends = [index + 1 for index, checksum in enumerate(checksums) if checksum % every == 0]
     if not ends or ends[-1] != len(names):
         ends.append(len(names))  # the last block ends with the object, wherever that falls
-    blocks: list[_Block] = []
     start = 0
     for end in ends:
         if end > start:
-            blocks.append(_Block(names[start:end], records[start:end], quoted[start:end]))
+            yield _Block(names[start:end], records[start:end], quoted[start:end])
             start = end
-    return blocks
+
+
+class _Compressing:
+    """Blocks compressed on the pool while more are cut, once the JSON is past the size from which it is
+    spliced (``spliced_zst``: then it is whatever comes after); each lets go of its JSON when done. A
+    few blocks in flight at a time."""
+
+    _IN_FLIGHT = 4
+
+    def __init__(self) -> None:
+        self._waiting: list[_Block] = []  # cut before the JSON was known to be large
+        self._size = 0
+        self._pending: collections.deque[tuple[_Block, Future[Piece]]] = collections.deque()
+        self._released = 0
+
+    def add(self, block: _Block) -> None:
+        if not self._pending and not spliced_zst(self._size + block.size):
+            self._size += block.size
+            self._waiting.append(block)
+            return
+        for waiting in [*self._waiting, block]:
+            self._pending.append((waiting, _pool().submit(waiting.piece)))
+        self._waiting.clear()
+        while len(self._pending) > self._IN_FLIGHT:
+            self._release_oldest()
+
+    def finish(self) -> int:
+        """Wait for the blocks in flight; the JSON bytes let go of."""
+        while self._pending:
+            self._release_oldest()
+        return self._released
+
+    def _release_oldest(self) -> None:
+        block, future = self._pending.popleft()
+        future.result()
+        block.release()
+        self._released += block.size
 
 
 def _quoted_names(names: list[str], first: bool) -> tuple[list[bytes], list[int]]:

@@ -290,7 +290,7 @@ class RepodataCache:
             elif built_shards is not None:
                 self._retire(feed_id, subdir, built_shards)
         if parts is None:
-            parts = RepodataParts.from_records(records)
+            parts = RepodataParts.from_records(records, compress=True)
         built_at = (version.updated_at or datetime.now(UTC)).replace(microsecond=0)
         # SQLite hands back naive datetimes (written in UTC); PostgreSQL aware ones in its own zone.
         built_at = built_at.replace(tzinfo=UTC) if built_at.tzinfo is None else built_at.astimezone(UTC)

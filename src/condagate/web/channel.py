@@ -72,7 +72,9 @@ class ChunksResponse(Response):
             await send({"type": "http.response.body", "body": b""})
 
 
-async def repodata_response(request: Request, encoded: Encoded, media_type: str, files: EncodedFiles) -> Response:
+async def repodata_response(
+    request: Request, encoded: Encoded, media_type: str, files: EncodedFiles, located: channel.FeedSubdir
+) -> Response:
     """``encoded_response`` for repodata that may be kept in chunks (``Encoded.of_chunks``), or only as
     this host's file (``Encoded.deferred``: a large subdir's JSON, sent with ``pathsend``)."""
     if encoded.is_deferred():
@@ -85,7 +87,7 @@ async def repodata_response(request: Request, encoded: Encoded, media_type: str,
             return Response(status_code=304, headers=headers)
         if request.method == "HEAD":
             return Response(b"", media_type=media_type, headers={**headers, "content-length": str(encoded.size)})
-        path = await run_in_threadpool(files.path, encoded)
+        path = await run_in_threadpool(files.path, encoded, located.feed.id, located.snapshot.subdir)
         return FileResponse(path, media_type=media_type, headers=headers)
     if not encoded.joined() and encoded.size < JOIN_BELOW:
         await run_in_threadpool(lambda: encoded.body)
@@ -194,7 +196,7 @@ async def subdir_file(request: Request, feed: str, subdir: str, filename: str) -
         encoded = served.json if kind == "json" else served.zst if kind == "zst" else None
         if encoded is None:
             encoded = await run_in_threadpool(served.bz2)
-        response = await repodata_response(request, encoded, media_type, services.encoded_files)
+        response = await repodata_response(request, encoded, media_type, services.encoded_files, located)
         return _with_stale_notice(request, response, located)
     try:
         found = await run_in_threadpool(channel.locate_package, services, feed, subdir, filename)
