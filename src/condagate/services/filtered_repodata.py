@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from condagate.conda.records import decode_record
 from condagate.conda.repodata import RepodataParts, compress_bz2_chunks
-from condagate.conda.shards import encode_shard, encode_shard_index
+from condagate.conda.shards import encode_shard_index
 from condagate.services.subdir_snapshot import (
     Encoded,
     ShardEntry,
     SubdirSnapshot,
+    encode_keyed_shard,
     encode_subdir,
     etag_of,
+    shard_key,
 )
 
 
@@ -88,8 +89,8 @@ class FilteredSubdir:
                 for name in touched:
                     kept = sorted(fn for fn in by_name.get(name, []) if fn not in self.hidden)
                     if kept:
-                        key = tuple((fn, self.snapshot.records[fn]) for fn in kept)
-                        digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                        key = shard_key(self.snapshot.records, kept)
+                        digest, body = encode_keyed_shard(key)
                         shards[name] = (key, digest, body)
                 self._shards = shards
                 self._shards_by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}

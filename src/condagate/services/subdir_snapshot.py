@@ -19,7 +19,20 @@ from condagate.conda.zstd_splice import decompressed, frame_of
 from condagate.process_memory import return_freed_memory
 from condagate.store.packages import SubdirVersion
 
-ShardEntry = tuple[tuple[tuple[str, bytes], ...], bytes, bytes]  # (records key, digest, body)
+# (records key, digest, body); the key: the name's file names (sorted) and their records' bytes, two
+# tuples (not a pair per record: ~35 MB less at 500,000 records). Equal keys mean an equal shard.
+ShardKey = tuple[tuple[str, ...], tuple[bytes, ...]]
+ShardEntry = tuple[ShardKey, bytes, bytes]
+
+
+def shard_key(records: Mapping[str, bytes], filenames: Sequence[str]) -> ShardKey:
+    ordered = tuple(sorted(filenames))
+    return ordered, tuple(map(records.__getitem__, ordered))
+
+
+def encode_keyed_shard(key: ShardKey) -> tuple[bytes, bytes]:
+    """(digest, body) of the shard of ``key``'s records."""
+    return encode_shard((fn, decode_record(raw)) for fn, raw in zip(*key, strict=True))
 UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
 # A build that let go of this much JSON gives the memory back to the system (``malloc_trim``: ~20 ms
 # after a 500,000-record subdir; one more record frees one block and does not pay it).
@@ -234,9 +247,9 @@ class SubdirSnapshot:
                 filenames = by_name.get(name)
                 if not filenames:
                     continue
-                key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
+                key = shard_key(self.records, filenames)
                 if old is None or old[0] != key:
-                    digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                    digest, body = encode_keyed_shard(key)
                     old = (key, digest, body)
                 updated[name] = old
                 by_digest[old[1].hex()] = old[2]
@@ -245,12 +258,12 @@ class SubdirSnapshot:
             return updated, by_digest
         shards: dict[str, ShardEntry] = {}
         for name, filenames in by_name.items():
-            # The key holds references to the record bytes, not copies; equal keys mean an equal shard.
-            key = tuple((fn, self.records[fn]) for fn in sorted(filenames))
+            # The key holds references to the record bytes, not copies.
+            key = shard_key(self.records, filenames)
             old = previous.get(name)
             if old is not None and old[0] == key:
                 shards[name] = old
             else:
-                digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in key)
+                digest, body = encode_keyed_shard(key)
                 shards[name] = (key, digest, body)
         return shards, {entry[1].hex(): entry[2] for entry in shards.values()}

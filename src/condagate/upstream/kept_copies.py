@@ -197,7 +197,8 @@ class KeptCopies:
         except Exception as exc:
             log.warning("could not keep the repodata of %s/%s for other replicas: %s", connector.name, subdir, exc)
             return ""
-        self._write_local(connector.id, subdir, compressed)
+        # This host's copy only makes the next start faster: written after the answer, not before it.
+        self._writer.submit(self._write_local, connector.id, subdir, compressed)
         return sha256
 
     def validated(self, connector: ConnectorConfig, subdir: str, sha256: str, at: float) -> None:
