@@ -154,14 +154,14 @@ class _Collected:
                 return
         self.check_each([(filename, record, "") for filename, record in zip(filenames, records, strict=True)], checked)
 
-    def result(self, subdir: str | None, scanned: bool) -> UpstreamRecords:
+    def result(self, subdir: str | None, not_as_written: frozenset[str] | None) -> UpstreamRecords:
         return UpstreamRecords(
             subdir,
             self.records,
             self.names,
             len(self.dropped),
             tuple(self.dropped[:MAX_REASONS]),
-            None if scanned else frozenset(self.not_as_written),
+            not_as_written,
         )
 
 
@@ -188,7 +188,7 @@ def parse_upstream_repodata(
         subdir = document.info.subdir if document.info else None
         for group in (document.packages, document.packages_conda):
             collected.check_group(group, checked)
-    return collected.result(subdir, scanned=document is None)
+    return collected.result(subdir, None if document is None else frozenset(collected.not_as_written))
 
 
 @functools.cache
@@ -230,15 +230,7 @@ def reload_checked_repodata(
             collected.check_each([(filenames[index], records[index], "")], None)
             start = index + 1
         collected.keep(filenames[start:], names[start:], records[start:])
-    subdir = document.info.subdir if document.info else None
-    return UpstreamRecords(
-        subdir,
-        collected.records,
-        collected.names,
-        len(collected.dropped),
-        tuple(collected.dropped[:MAX_REASONS]),
-        not_as_written,
-    )
+    return collected.result(document.info.subdir if document.info else None, not_as_written)
 
 
 _Entry = tuple[str, bytes | msgspec.Raw, str]  # file name, record, a problem found by _scan ("" if none)

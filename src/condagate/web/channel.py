@@ -31,8 +31,8 @@ from condagate.web.responses import (
     JOIN_BELOW,
     REPODATA_CACHE_CONTROL,
     blob_response,
+    encoded_headers,
     encoded_response,
-    http_date,
     is_not_modified,
     relayed_download,
     shard_response,
@@ -59,8 +59,8 @@ _REPODATA_FILES = {
 class ChunksResponse(Response):
     """A body sent as the chunks it is kept in (one ASGI message each), with its exact length."""
 
-    def __init__(self, chunks: Sequence[bytes], media_type: str, headers: dict[str, str], head: bool) -> None:
-        self._chunks = () if head else chunks
+    def __init__(self, chunks: Sequence[bytes], media_type: str, headers: dict[str, str]) -> None:
+        self._chunks = chunks
         super().__init__(b"", media_type=media_type, headers={**headers, "content-length": str(sum(map(len, chunks)))})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,28 +77,17 @@ async def repodata_response(
 ) -> Response:
     """``encoded_response`` for repodata that may be kept in chunks (``Encoded.of_chunks``), or only as
     this host's file (``Encoded.deferred``: a large subdir's JSON, sent with ``pathsend``)."""
+    if request.method == "HEAD" or is_not_modified(request, encoded.etag, encoded.last_modified):
+        return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)  # no body needed
+    headers = encoded_headers(encoded, REPODATA_CACHE_CONTROL)
     if encoded.is_deferred():
-        headers = {
-            "etag": encoded.etag,
-            "last-modified": http_date(encoded.last_modified),
-            "cache-control": REPODATA_CACHE_CONTROL,
-        }
-        if is_not_modified(request, encoded.etag, encoded.last_modified):
-            return Response(status_code=304, headers=headers)
-        if request.method == "HEAD":
-            return Response(b"", media_type=media_type, headers={**headers, "content-length": str(encoded.size)})
         path = await run_in_threadpool(files.path, encoded, located.feed.id, located.snapshot.subdir)
         return FileResponse(path, media_type=media_type, headers=headers)
     if not encoded.joined() and encoded.size < JOIN_BELOW:
         await run_in_threadpool(lambda: encoded.body)
-    if encoded.joined() or is_not_modified(request, encoded.etag, encoded.last_modified):
+    if encoded.joined():
         return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)
-    headers = {
-        "etag": encoded.etag,
-        "last-modified": http_date(encoded.last_modified),
-        "cache-control": REPODATA_CACHE_CONTROL,
-    }
-    return ChunksResponse(encoded.chunks, media_type, headers, head=request.method == "HEAD")
+    return ChunksResponse(encoded.chunks, media_type, headers)
 
 
 def _services(request: Request) -> Services:

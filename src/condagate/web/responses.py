@@ -58,16 +58,21 @@ def not_modified(
     return False
 
 
-def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_control: str) -> Response:
-    headers = {
+def encoded_headers(encoded: Encoded, cache_control: str) -> dict[str, str]:
+    return {
         "etag": encoded.etag,
         "last-modified": http_date(encoded.last_modified),
         "cache-control": cache_control,
     }
+
+
+def encoded_response(request: Request, encoded: Encoded, media_type: str, cache_control: str) -> Response:
+    """The answer to a GET or HEAD of ``encoded`` (its body only for a GET that is not a 304)."""
+    headers = encoded_headers(encoded, cache_control)
     if is_not_modified(request, encoded.etag, encoded.last_modified):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
-        headers["content-length"] = str(len(encoded.body))
+        headers["content-length"] = str(encoded.size)
         return Response(content=b"", media_type=media_type, headers=headers)
     return Response(content=encoded.body, media_type=media_type, headers=headers)
 
