@@ -269,3 +269,22 @@ def test_a_removed_json_file_is_written_again(tmp_path: Path, make_package):
         assert _encoded_files(server) == {first.headers["etag"]: first.content}
     finally:
         server.stop()
+
+
+def test_where_the_json_file_cannot_be_written_the_json_is_sent_all_the_same(tmp_path: Path, make_package):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "encoded").write_bytes(b"not a folder")  # as a full disk would: the file cannot be written
+    server = start_server(data, extra_env=FRAMED)
+    try:
+        feed = new_feed(server)
+        assert upload(server, feed, make_package()).status_code == 201
+        with server.client() as client:
+            zst = client.get(f"/conda/{feed}/noarch/repodata.json.zst")
+            plain = client.get(f"/conda/{feed}/noarch/repodata.json")
+        assert plain.status_code == 200 and plain.content == conda_decodes(zst.content)
+        assert int(plain.headers["content-length"]) == len(plain.content)
+        assert plain.headers["etag"] != zst.headers["etag"]
+        assert "could not write the JSON" in server.log()
+    finally:
+        server.stop()

@@ -9,11 +9,12 @@ answers 403 naming the advisory or license rule; a warned one is served with an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse, RedirectResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from condagate import telemetry
@@ -40,6 +41,7 @@ from condagate.web.responses import (
 from condagate.web.uploads import artifactory_upload
 from condagate.web.upstream_wait import wait_for
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["channel"])
 VIEW = [Depends(requires(Permission.VIEW))]
 GET_HEAD = ["GET", "HEAD"]
@@ -81,7 +83,16 @@ async def repodata_response(
         return encoded_response(request, encoded, media_type, REPODATA_CACHE_CONTROL)  # no body needed
     headers = encoded_headers(encoded, REPODATA_CACHE_CONTROL)
     if encoded.is_deferred():
-        path = await run_in_threadpool(files.path, encoded, located.feed.id, located.snapshot.subdir)
+        try:
+            path = await run_in_threadpool(files.path, encoded, located.feed.id, located.snapshot.subdir)
+        except OSError as exc:  # a full disk, a folder that is not one: produced while sent, all the same
+            where = f"{located.feed.name}/{located.snapshot.subdir}"
+            log.warning("could not write the JSON of %s to %s: %s", where, files.folder, exc)
+            return StreamingResponse(
+                iterate_in_threadpool(iter(encoded.iter_chunks())),
+                media_type=media_type,
+                headers={**headers, "content-length": str(encoded.size)},
+            )
         return FileResponse(path, media_type=media_type, headers=headers)
     if not encoded.joined() and encoded.size < JOIN_BELOW:
         await run_in_threadpool(lambda: encoded.body)
