@@ -161,6 +161,8 @@ def accepted_as_written(filenames: list[str], raws: list[bytes]) -> list[str] | 
     ``filenames`` theirs) when every one passes ``check_bounded_record`` unchanged, else None (the
     caller checks them one by one, to learn which fail and why). The same checks, each done for a batch
     of records in one C-level pass where it can be: a large upstream's records cost about half."""
+    if len(filenames) != len(raws):
+        raise ValueError("one file name per record")
     names: list[str] = []
     for start in range(0, len(raws), _BATCH):
         batch = _accepted_batch(filenames[start : start + _BATCH], raws[start : start + _BATCH])

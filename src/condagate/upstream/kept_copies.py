@@ -87,10 +87,13 @@ class KeptCopies:
         self._root = root
         self._shared = shared
         self._writer = ThreadPoolExecutor(2, thread_name_prefix="upstream-keep")
+        # This host's copies, one at a time in the order kept (never behind the shared stores above).
+        self._local_writer = ThreadPoolExecutor(1, thread_name_prefix="upstream-local-copy")
         self._legacy_tried: set[tuple[int, str]] = set()
 
     def close(self) -> None:
         self._writer.shutdown(wait=False, cancel_futures=True)
+        self._local_writer.shutdown(wait=False, cancel_futures=True)
 
     def _folder(self, connector_id: int, subdir: str) -> Path:
         return self._root / str(connector_id) / subdir
@@ -198,7 +201,7 @@ class KeptCopies:
             log.warning("could not keep the repodata of %s/%s for other replicas: %s", connector.name, subdir, exc)
             return ""
         # This host's copy only makes the next start faster: written after the answer, not before it.
-        self._writer.submit(self._write_local, connector.id, subdir, compressed)
+        self._local_writer.submit(self._write_local, connector.id, subdir, compressed)
         return sha256
 
     def validated(self, connector: ConnectorConfig, subdir: str, sha256: str, at: float) -> None:

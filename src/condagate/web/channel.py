@@ -22,7 +22,7 @@ from condagate.errors import NotFound, PackageNotFound
 from condagate.security.permissions import Permission, Principal
 from condagate.services import channel, sca, sca_filter
 from condagate.services.context import Services
-from condagate.services.encoded_files import EncodedFiles
+from condagate.services.encoded_files import EncodedFiles, WriteFailed
 from condagate.services.filtered_repodata import Served
 from condagate.services.proxy_download import open_upstream
 from condagate.services.subdir_snapshot import Encoded
@@ -84,16 +84,17 @@ async def repodata_response(
     headers = encoded_headers(encoded, REPODATA_CACHE_CONTROL)
     if encoded.is_deferred():
         try:
-            path = await run_in_threadpool(files.path, encoded, located.feed.id, located.snapshot.subdir)
+            path, stat = await run_in_threadpool(files.path, encoded, located.feed.id, located.snapshot.subdir)
         except OSError as exc:  # a full disk, a folder that is not one: produced while sent, all the same
-            where = f"{located.feed.name}/{located.snapshot.subdir}"
-            log.warning("could not write the JSON of %s to %s: %s", where, files.folder, exc)
+            if not isinstance(exc, WriteFailed):  # logged once, not for every request while it lasts
+                where = f"{located.feed.name}/{located.snapshot.subdir}"
+                log.warning("could not write the JSON of %s to %s: %s", where, files.folder, exc)
             return StreamingResponse(
                 iterate_in_threadpool(iter(encoded.iter_chunks())),
                 media_type=media_type,
                 headers={**headers, "content-length": str(encoded.size)},
             )
-        return FileResponse(path, media_type=media_type, headers=headers)
+        return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
     if not encoded.joined() and encoded.size < JOIN_BELOW:
         await run_in_threadpool(lambda: encoded.body)
     if encoded.joined():
