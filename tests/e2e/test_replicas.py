@@ -265,6 +265,38 @@ def test_concurrent_misses_on_both_replicas_make_one_upstream_get(
     assert _blob_key(record["sha256"]) in replicas.s3.keys(replicas.bucket)
 
 
+def test_a_cold_subdir_asked_on_both_replicas_at_once_is_fetched_from_the_upstream_once(
+    replicas: Replicas, upstream: UpstreamChannel
+) -> None:
+    """The upstream's repodata is asked for by one process at a time over the replicas (a lock per
+    connector subdir): the other finds the copy the first kept, validated just now, and sends nothing."""
+    connector, feed = "up-" + uuid.uuid4().hex[:8], "proxy-" + uuid.uuid4().hex[:8]
+    with replicas.a.admin() as admin:
+        assert admin.post("/api/connectors", json={"name": connector, "url": upstream.url}).status_code == 201
+        assert admin.post("/api/feeds", json={"name": feed, "connectors": [connector]}).status_code == 201
+    path = "/linux-64/repodata.json.zst"
+    before = upstream.count(path)
+    upstream.faults.delay, upstream.faults.paths = 1.0, (path,)  # the first fetch still runs when B asks
+    targets = [server for server, _ in zip(replicas.alternating(), range(6), strict=False)]
+    barrier = threading.Barrier(len(targets))
+
+    def fetch(server: Server) -> httpx.Response:
+        with server.client(timeout=60) as client:
+            barrier.wait()
+            return client.get(f"/conda/{feed}/linux-64/repodata.json.zst")
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+            responses = list(pool.map(fetch, targets))
+    finally:
+        upstream.faults.delay, upstream.faults.paths = 0.0, ()
+    assert [response.status_code for response in responses] == [200] * 6, [r.text[:200] for r in responses]
+    assert len({response.content for response in responses}) == 1  # every answer lists the upstream's files
+    listed = json.loads(zstandard.ZstdDecompressor().decompress(responses[0].content))["packages.conda"]
+    assert _record(upstream, SMALL)[0] in listed
+    assert upstream.count(path) - before == 1
+
+
 def test_a_replica_killed_mid_download_leaves_nothing_half_stored(
     replicas: Replicas, upstream: UpstreamChannel
 ) -> None:

@@ -150,9 +150,11 @@ class RepodataCache:
             for connector, view in views
             if view.snapshot is None or view.snapshot.stale
         ]
-        missing = [connector.id for connector, view in views if view.snapshot is None]
         snapshot = self._current(key, feed_id, subdir, version, upstreams, upstream_version, stale, wait, keep_cached)
-        snapshot.missing = missing
+        # What the snapshot served lacks (not what the views have now: a previous snapshot may be served
+        # while a newer merge is built), so that no request serves a connector's absence as its listing.
+        merged = {connector_id for connector_id, _generation in snapshot.upstream_version}
+        snapshot.missing = [connector.id for connector, _view in views if connector.id not in merged]
         return snapshot, pending
 
     def _current(
@@ -180,11 +182,16 @@ class RepodataCache:
         if current is not None and not wait:
             return current  # a download: the previous snapshot serves every file it lists
         lock = self._lock(key)
-        if current is not None and current.version == version and current.keep_cached == keep_cached:
+        if (
+            current is not None
+            and current.version == version
+            and current.keep_cached == keep_cached
+            and {u.connector_id for u in upstreams} <= {connector_id for connector_id, _ in current.upstream_version}
+        ):
             if not lock.acquire(blocking=False):
                 return current  # an upstream merge is being built: the previous one is still correct to serve
         else:
-            lock.acquire()
+            lock.acquire()  # also when a connector's first data is being merged: never serve its absence
         try:
             current = self._snapshots.get(key)
             if current is not None and (current.version, current.upstream_version, current.keep_cached) == (

@@ -10,6 +10,8 @@ between. One lock per connector subdir orders replicas replacing the same row.
 
 from __future__ import annotations
 
+import contextlib
+
 from condagate.services.blob_cleanup import blob_lock_name
 from condagate.store import packages as package_store
 from condagate.store import upstream_state as state_store
@@ -21,6 +23,10 @@ from condagate.upstream.kept_copies import KeptState
 
 def state_lock_name(connector_id: int, subdir: str) -> str:
     return f"upstream-repodata/{connector_id}/{subdir}"
+
+
+def fetch_lock_name(connector_id: int, subdir: str) -> str:
+    return f"upstream-fetch/{connector_id}/{subdir}"
 
 
 class SharedUpstreamState:
@@ -45,6 +51,10 @@ class SharedUpstreamState:
             checks=row.checks,
             not_as_written=row.not_as_written,
         )
+
+    def fetching(self, connector_id: int, subdir: str) -> contextlib.AbstractContextManager[None]:
+        # Taken before, and never while holding, the subdir's state lock (``save`` takes that inside).
+        return self._locks.held(fetch_lock_name(connector_id, subdir))
 
     def read_body(self, sha256: str) -> bytes | None:
         return self._blobs.read_bytes(sha256)

@@ -81,6 +81,10 @@ class SharedState(Protocol):
     def remove(self, connector_id: int) -> None:
         """Drop the connector's rows and the blobs nothing else uses."""
 
+    def fetching(self, connector_id: int, subdir: str) -> contextlib.AbstractContextManager[None]:
+        """Held while a process asks the upstream for the subdir's repodata: one asks at a time over
+        every process (and replica) sharing the state; the next finds what it kept."""
+
 
 class KeptCopies:
     def __init__(self, root: Path, shared: SharedState) -> None:
@@ -214,6 +218,9 @@ class KeptCopies:
 
     def subdirs(self, connector_id: int) -> list[str]:
         return self._shared.subdirs(connector_id)
+
+    def fetching(self, connector: ConnectorConfig, subdir: str) -> contextlib.AbstractContextManager[None]:
+        return self._shared.fetching(connector.id, subdir)
 
     def remove(self, connector_id: int) -> None:
         self._shared.remove(connector_id)

@@ -319,6 +319,14 @@ class UpstreamRepodataCache:
     def _refresh(
         self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None, force: bool = False
     ) -> UpstreamSnapshot:
+        # One process (of every replica) asks the upstream at a time; the others then find what it kept
+        # and validated, and send nothing.
+        with self._kept.fetching(connector, subdir):
+            return self._refresh_one(connector, subdir, current, force)
+
+    def _refresh_one(
+        self, connector: ConnectorConfig, subdir: str, current: UpstreamSnapshot | None, force: bool
+    ) -> UpstreamSnapshot:
         base, kept = self._newest_kept(connector, subdir, current)
         if (
             not force
