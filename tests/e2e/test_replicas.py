@@ -238,6 +238,25 @@ def test_an_upload_on_a_is_listed_on_b(replicas: Replicas, make_package: Any) ->
     assert not list((replicas.a.data_dir / "blobs").rglob(sha256))
 
 
+def _at_once(replicas: Replicas, upstream: UpstreamChannel, count: int, path: str, slow: str) -> list[httpx.Response]:
+    """``count`` GETs of ``path``, alternating between the replicas, sent together while the upstream
+    answers requests for ``slow`` a second late (the first is still running when the rest come)."""
+    targets = [server for server, _ in zip(replicas.alternating(), range(count), strict=False)]
+    barrier = threading.Barrier(len(targets))
+
+    def fetch(server: Server) -> httpx.Response:
+        with server.client(timeout=60) as client:
+            barrier.wait()
+            return client.get(path)
+
+    upstream.faults.delay, upstream.faults.paths = 1.0, (slow,)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+            return list(pool.map(fetch, targets))
+    finally:
+        upstream.faults.delay, upstream.faults.paths = 0.0, ()
+
+
 def test_concurrent_misses_on_both_replicas_make_one_upstream_get(
     replicas: Replicas, upstream: UpstreamChannel
 ) -> None:
@@ -245,20 +264,7 @@ def test_concurrent_misses_on_both_replicas_make_one_upstream_get(
     filename, record = _record(upstream, SMALL)
     path = f"/linux-64/{filename}"
     before = upstream.count(path)
-    upstream.faults.delay, upstream.faults.paths = 1.0, (filename,)  # the first GET is still running when the rest come
-    targets = [server for server, _ in zip(replicas.alternating(), range(20), strict=False)]
-    barrier = threading.Barrier(len(targets))
-
-    def fetch(server: Server) -> httpx.Response:
-        with server.client() as client:
-            barrier.wait()
-            return client.get(f"/conda/{feed}/linux-64/{filename}")
-
-    try:
-        with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
-            responses = list(pool.map(fetch, targets))
-    finally:
-        upstream.faults.delay, upstream.faults.paths = 0.0, ()
+    responses = _at_once(replicas, upstream, 20, f"/conda/{feed}/linux-64/{filename}", filename)
     assert [response.status_code for response in responses] == [200] * 20, [r.text[:200] for r in responses]
     assert {hashlib.sha256(response.content).hexdigest() for response in responses} == {record["sha256"]}
     assert upstream.count(path) - before == 1
@@ -276,20 +282,7 @@ def test_a_cold_subdir_asked_on_both_replicas_at_once_is_fetched_from_the_upstre
         assert admin.post("/api/feeds", json={"name": feed, "connectors": [connector]}).status_code == 201
     path = "/linux-64/repodata.json.zst"
     before = upstream.count(path)
-    upstream.faults.delay, upstream.faults.paths = 1.0, (path,)  # the first fetch still runs when B asks
-    targets = [server for server, _ in zip(replicas.alternating(), range(6), strict=False)]
-    barrier = threading.Barrier(len(targets))
-
-    def fetch(server: Server) -> httpx.Response:
-        with server.client(timeout=60) as client:
-            barrier.wait()
-            return client.get(f"/conda/{feed}/linux-64/repodata.json.zst")
-
-    try:
-        with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
-            responses = list(pool.map(fetch, targets))
-    finally:
-        upstream.faults.delay, upstream.faults.paths = 0.0, ()
+    responses = _at_once(replicas, upstream, 6, f"/conda/{feed}{path}", path)
     assert [response.status_code for response in responses] == [200] * 6, [r.text[:200] for r in responses]
     assert len({response.content for response in responses}) == 1  # every answer lists the upstream's files
     listed = json.loads(zstandard.ZstdDecompressor().decompress(responses[0].content))["packages.conda"]
