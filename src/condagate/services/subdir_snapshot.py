@@ -19,10 +19,14 @@ from condagate.conda.zstd_splice import decompressed, frame_of
 from condagate.process_memory import return_freed_memory
 from condagate.store.packages import SubdirVersion
 
-# (records key, digest, body); the key: the name's file names (sorted) and their records' bytes, two
-# tuples (not a pair per record: ~35 MB less at 500,000 records). Equal keys mean an equal shard.
+# (records key, digest, body); the key: the name's file names (sorted) and their records' bytes, as two
+# tuples (not a pair per record: fewer objects). Equal keys mean an equal shard.
 ShardKey = tuple[tuple[str, ...], tuple[bytes, ...]]
 ShardEntry = tuple[ShardKey, bytes, bytes]
+UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
+# A build that let go of this much JSON gives the memory back to the system (``malloc_trim``: ~20 ms
+# after a 500,000-record subdir; one more record frees one block and does not pay it).
+_RETURN_FREED_FROM = 64 * 1024 * 1024
 
 
 def shard_key(records: Mapping[str, bytes], filenames: Sequence[str]) -> ShardKey:
@@ -33,10 +37,6 @@ def shard_key(records: Mapping[str, bytes], filenames: Sequence[str]) -> ShardKe
 def encode_keyed_shard(key: ShardKey) -> tuple[bytes, bytes]:
     """(digest, body) of the shard of ``key``'s records."""
     return encode_shard((fn, decode_record(raw)) for fn, raw in zip(*key, strict=True))
-UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
-# A build that let go of this much JSON gives the memory back to the system (``malloc_trim``: ~20 ms
-# after a 500,000-record subdir; one more record frees one block and does not pay it).
-_RETURN_FREED_FROM = 64 * 1024 * 1024
 
 
 class Encoded:
