@@ -111,10 +111,12 @@ class _Block:
             found = self._piece = compress_piece(zstd_compressor(ZSTD_LARGE_LEVEL), [self.body], padded=True)
         return found
 
-    def release(self) -> None:
-        """Let go of the JSON bytes once compressed (only ``piece`` is needed to serve them)."""
-        if self._piece is not None:
-            self._body = None
+    def release(self) -> int:
+        """Let go of the JSON bytes once compressed (only ``piece`` is needed to serve them); how many."""
+        if self._piece is None or self._body is None:
+            return 0
+        self._body = None
+        return self.size
 
 
 class RepodataParts:
@@ -205,12 +207,7 @@ class RepodataParts:
         .zst: ``Encoded.deferred``); the bytes let go of since the last call (``from_records`` with
         ``compress`` lets go of them as it goes)."""
         released, self._released = self._released, 0
-        for kind in self._blocks:
-            for block in kind:
-                if block._body is not None and block._piece is not None:
-                    released += block.size
-                    block.release()
-        return released
+        return released + sum(block.release() for kind in self._blocks for block in kind)
 
     def json_size(self, subdir: str, spliced: bool = False) -> int:
         """The length of ``json_chunks(subdir, spliced)`` joined, without their bytes."""
@@ -315,8 +312,7 @@ class _Compressing:
     def _release_oldest(self) -> None:
         block, future = self._pending.popleft()
         future.result()
-        block.release()
-        self._released += block.size
+        self._released += block.release()
 
 
 def _quoted_names(names: list[str], first: bool) -> tuple[list[bytes], list[int]]:
