@@ -14,12 +14,24 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 ADMIN_KEY = "cg_test_admin_" + uuid.uuid4().hex
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, every: float = 0.05) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (asked every ``every`` seconds, and
+    once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return bool(condition())
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -27,7 +27,7 @@ import pytest
 
 from conftest import backend_database_url
 from package_factory import PackageSpec, write_package
-from servers import Server, free_port, start_server
+from servers import Server, free_port, start_server, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -72,13 +72,6 @@ def _fill(template: str, replacements: dict[str, str]) -> str:
     return template
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
 @dataclass
 class Accel:
     server: Server
@@ -102,7 +95,7 @@ def accel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             removed = admin.delete("/api/grants", params={"principal": "anonymous", "permission": "view"})
             assert removed.status_code == 204, removed.text
         with server.client() as anonymous:
-            _wait_until(lambda: anonymous.get("/api/feeds").status_code == 401)
+            assert wait_until(lambda: anonymous.get("/api/feeds").status_code == 401)
         port = free_port()
         server_block = _fill(
             readme_nginx_config(),
@@ -207,7 +200,7 @@ def test_a_download_through_nginx_is_the_upload_with_its_headers_and_is_counted(
         since = client.get(package.path, headers={"If-Modified-Since": formatdate(mtime, usegmt=True)})
         assert since.status_code == 304 and since.headers["etag"] == f'"{package.sha256}"'  # condagate's
     # 3 downloads, and the revalidation with nginx's ETag: condagate redirected it (a 200 there)
-    _wait_until(lambda: _downloads(accel.server, package.feed) == 4)
+    assert wait_until(lambda: _downloads(accel.server, package.feed) == 4)
     time.sleep(0.5)
     assert _downloads(accel.server, package.feed) == 4
 
@@ -230,7 +223,7 @@ def test_range_and_head_through_nginx(accel: Accel):
         assert head.headers["cache-control"] == "public, no-cache"
         assert "x-accel-redirect" not in head.headers
         assert client.get(package.path).content == package.data  # the one whole download
-    _wait_until(lambda: _downloads(accel.server, package.feed) == 1)
+    assert wait_until(lambda: _downloads(accel.server, package.feed) == 1)
     time.sleep(0.5)  # two flush periods: Range parts and HEAD are never counted
     assert _downloads(accel.server, package.feed) == 1
 
@@ -292,7 +285,7 @@ def test_condagate_itself_answers_with_the_header_and_no_body(accel: Accel):
         assert head.status_code == 200 and head.content == b""
         assert head.headers["x-accel-redirect"] == ACCEL_PREFIX + _blob_relative(package.sha256)
         assert direct.get(package.path, headers={"If-None-Match": f'"{package.sha256}"'}).status_code == 304
-    _wait_until(lambda: _downloads(accel.server, package.feed) == 2)
+    assert wait_until(lambda: _downloads(accel.server, package.feed) == 2)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -317,4 +310,4 @@ def test_sendfile_header_names_the_blobs_absolute_path(sendfile_server: Server, 
             assert response.headers["x-sendfile"] == str(blob)
             assert "x-accel-redirect" not in response.headers
             assert response.headers["etag"] == f'"{package.sha256}"'
-    _wait_until(lambda: _downloads(sendfile_server, package.feed) == 2)
+    assert wait_until(lambda: _downloads(sendfile_server, package.feed) == 2)

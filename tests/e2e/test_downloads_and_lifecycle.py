@@ -13,16 +13,7 @@ from pathlib import Path
 import httpx
 
 from conftest import upload
-from servers import Server, start_server
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from servers import Server, start_server, wait_until
 
 
 def test_downloads_are_counted_per_file(server: Server, feed: str, make_package):
@@ -41,7 +32,7 @@ def test_downloads_are_counted_per_file(server: Server, feed: str, make_package)
             detail = client.get(f"/api/feeds/{feed}/packages/counted").json()
             return {f["filename"]: f["downloads"] for v in detail["versions"] for f in v["files"]}
 
-        assert _wait_for(lambda: counts() == {first.name: 3, second.name: 1}), counts()
+        assert wait_until(lambda: counts() == {first.name: 3, second.name: 1}), counts()
         assert client.get(f"/api/feeds/{feed}/packages/counted").json()["downloads"] == 4
 
 
@@ -60,7 +51,7 @@ def test_download_statistics_name_the_user_or_key(server: Server, feed: str, mak
             stats = anonymous.get(f"/api/feeds/{feed}/downloads").json()
             return {row["principal"]: row["downloads"] for row in stats["top_downloaders"]}
 
-        assert _wait_for(lambda: downloaders() == {f"key {created['id']}": 2, "anonymous": 1}), downloaders()
+        assert wait_until(lambda: downloaders() == {f"key {created['id']}": 2, "anonymous": 1}), downloaders()
 
 
 def test_counts_still_flow_after_a_feed_with_pending_counts_is_deleted(server: Server, make_package):
@@ -73,7 +64,7 @@ def test_counts_still_flow_after_a_feed_with_pending_counts_is_deleted(server: S
         assert client.get(f"/conda/{doomed}/noarch/{package.name}").status_code == 200
         assert client.delete(f"/api/feeds/{doomed}").status_code == 204  # before its count is written
         assert client.get(f"/conda/{kept}/noarch/{package.name}").status_code == 200
-        assert _wait_for(lambda: client.get(f"/api/feeds/{kept}/downloads").json()["total"] == 1)
+        assert wait_until(lambda: client.get(f"/api/feeds/{kept}/downloads").json()["total"] == 1)
         # A new feed never inherits anything of the deleted one (ids are not reused).
         assert client.post("/api/feeds", json={"name": doomed}).status_code == 201
         assert client.get(f"/api/feeds/{doomed}/downloads").json()["total"] == 0

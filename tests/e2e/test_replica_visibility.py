@@ -23,7 +23,7 @@ import zstandard
 from cryptography.fernet import Fernet
 
 from conftest import backend_database_url, upload
-from servers import Server, start_server
+from servers import Server, start_server, wait_until
 
 FALLBACK_SECONDS = 30.0  # without a notification, a replica would keep what it read this long
 WITHIN_SECONDS = 5.0  # a functional bound (a sixth of the fallback), not a performance figure
@@ -56,15 +56,6 @@ class Replicas:
         return len(rows)
 
 
-def _wait(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return bool(condition())
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     database_url = backend_database_url("postgresql")
@@ -81,7 +72,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
         group = Replicas(started[0], started[1], started[2], database_url)
         # A's and B's listeners (one worker each; C has none) listen before anything is read. (More where
         # CONDAGATE_TEST_POSTGRES_URL gives every test the same database.)
-        assert _wait(lambda: len(group.listener_pids()) >= 2, 30), [s.log() for s in started]
+        assert wait_until(lambda: len(group.listener_pids()) >= 2, 30, every=0.005), [s.log() for s in started]
         yield group
     finally:
         for server in reversed(started):
@@ -131,7 +122,7 @@ def _feed_with_one_package(replicas: Replicas, make_package: Any) -> tuple[str, 
 def _upload_and_time(replicas: Replicas, feed: str, package: Path, name: str) -> float:
     assert upload(replicas.writer, feed, package).status_code == 201
     started = time.monotonic()
-    assert _wait(lambda: _lists(replicas.listening, feed, package, name), WITHIN_SECONDS), (
+    assert wait_until(lambda: _lists(replicas.listening, feed, package, name), WITHIN_SECONDS, every=0.005), (
         f"{package.name} was not listed on the listening replica within {WITHIN_SECONDS} s"
     )
     return time.monotonic() - started
@@ -162,7 +153,7 @@ def test_a_deletion_on_one_replica_disappears_on_another(replicas: Replicas, mak
     assert _lists(replicas.listening, feed, doomed, name)  # remembered by B's fast lane again
     with replicas.writer.admin() as admin:
         assert admin.delete(f"/api/feeds/{feed}/files/linux-64/{doomed.name}").status_code in (200, 204)
-    assert _wait(lambda: _lists_none(replicas.listening, feed, doomed, name), WITHIN_SECONDS)
+    assert wait_until(lambda: _lists_none(replicas.listening, feed, doomed, name), WITHIN_SECONDS, every=0.005)
     assert _lists(replicas.listening, feed, first, first.name.split("-")[0])
 
 
@@ -170,7 +161,8 @@ def test_changes_propagate_after_the_listeners_connections_are_killed(replicas: 
     before = replicas.listener_pids()
     assert len(before) >= 2
     assert replicas.terminate_listeners() >= 2
-    assert _wait(lambda: len(replicas.listener_pids() - before) >= 2, 30), "the listeners did not reconnect"
+    reconnected = wait_until(lambda: len(replicas.listener_pids() - before) >= 2, 30, every=0.005)
+    assert reconnected, "the listeners did not reconnect"
     # B resolves the feed after its listener is back, so only a notification can move it from here.
     feed, _ = _feed_with_one_package(replicas, make_package)
     name = "after" + str(time.monotonic_ns())
