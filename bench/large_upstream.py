@@ -89,6 +89,7 @@ def run(records: int, names: int, repeats: int, keep: bool) -> Results:
             results.memory["cold"] = large_hosted.worker_memory(server.process.pid)
             results.steps["shards"], _ = _timed_get(client, base + "repodata_shards.msgpack.zst")
             results.steps["json"], _ = _timed_get(client, base + "repodata.json")
+            results.steps["shard_files"] = _shard_files_written(server.data_dir)
             results.memory["built"] = large_hosted.worker_memory(server.process.pid)
             for path in extras:
                 name = path.name.split("-1.0-")[0]
@@ -113,6 +114,23 @@ def run(records: int, names: int, repeats: int, keep: bool) -> Results:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _shard_files_written(data_dir: Path, quiet: float = 1.0, limit: float = 60.0) -> float:
+    """Seconds until the server's shard files (written on a writer thread after the first shard index,
+    ``services.shard_files``) stopped changing for ``quiet`` seconds; the quiet second not counted."""
+    folder = data_dir / "encoded" / "shards"
+    start = last_change = time.monotonic()
+    seen: tuple[int, int] | None = None
+    while time.monotonic() - start < limit:
+        entries = [entry for feed in folder.glob("*") for entry in os.scandir(feed)] if folder.is_dir() else []
+        state = (len(entries), sum(1 for entry in entries if entry.name.startswith(".writing-")))
+        if state != seen:
+            seen, last_change = state, time.monotonic()
+        elif time.monotonic() - last_change >= quiet:
+            break
+        time.sleep(0.05)
+    return last_change - start
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
 
@@ -123,6 +141,7 @@ def markdown(r: Results) -> str:
         ["cold: first GET of repodata.json.zst (fetch, parse, merge, encode, compress)", _ms(r.steps["cold"]), ""],
         ["then first GET of repodata_shards.msgpack.zst (every shard built)", _ms(r.steps["shards"]), ""],
         ["then first GET of repodata.json (decompressed into this host's file)", _ms(r.steps["json"]), ""],
+        ["then until the shard files are all written (a writer thread's)", _ms(r.steps["shard_files"]), ""],
     ]
     for kind, label in (("zst", "repodata.json.zst"), ("shards", "the shard index"), ("json", "repodata.json")):
         if p:

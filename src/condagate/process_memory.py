@@ -22,7 +22,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def return_freed_memory() -> None:
+# Worth a trim from this many bytes let go of (a 500,000-record subdir's JSON, shard bodies, a written
+# JSON file's decompressed chunks); one more record frees one block and does not pay it.
+WORTH_RETURNING = 64 * 1024 * 1024
+
+
+def return_freed_memory(freed: int = WORTH_RETURNING) -> None:
+    """Give freed heap pages back, when ``freed`` bytes (a caller's estimate) make it worth the ~20 ms."""
     trim = _malloc_trim()
-    if trim is not None:
+    if trim is not None and freed >= WORTH_RETURNING:
         trim(0)

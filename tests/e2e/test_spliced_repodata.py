@@ -6,6 +6,7 @@ feeds take the large-subdir path."""
 from __future__ import annotations
 
 import bz2
+import hashlib
 import io
 import json
 import shutil
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import zstandard
 
@@ -23,7 +25,7 @@ from zstd_readers import conda_decodes, frames_in
 
 from conftest import upload
 from rattler_client import query, solve_and_install
-from servers import Server, start_server
+from servers import Server, start_server, wait_until
 from upstream_channel import UpstreamChannel
 
 FRAMED = {"CONDAGATE_REPODATA_FRAME_BYTES": "1"}
@@ -213,7 +215,65 @@ def _encoded_files(server: Server) -> dict[str, bytes]:
     folder = server.data_dir / "encoded"
     if not folder.is_dir():
         return {}
-    return {'"' + path.name.split(".", 1)[1] + '"': path.read_bytes() for path in folder.iterdir()}
+    return {'"' + path.name.split(".", 1)[1] + '"': path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def _shard_files(server: Server) -> dict[str, bytes]:
+    """hex digest -> bytes of the shard files in DATA_DIR/encoded/shards (one feed's folder)."""
+    folder = server.data_dir / "encoded" / "shards"
+    if not folder.is_dir():
+        return {}
+    return {
+        path.name.removesuffix(".msgpack.zst"): path.read_bytes()
+        for feed_folder in folder.iterdir()
+        for path in feed_folder.iterdir()
+    }
+
+
+def _shard_index(client, base: str) -> dict[str, str]:
+    response = client.get(base + "repodata_shards.msgpack.zst")
+    assert response.status_code == 200
+    index = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(response.content))
+    return {name: digest.hex() for name, digest in index["shards"].items()}
+
+
+def test_a_large_subdirs_shards_are_files_on_the_host_that_every_worker_sends(tmp_path: Path, make_package):
+    """A large subdir's shard bodies are not kept in the workers: one file per shard, named by its digest,
+    that every worker reads; an upload writes the shards of its package name only."""
+    server = start_server(tmp_path / "data", extra_env={**FRAMED, "CONDAGATE_WORKERS": "2"})
+    try:
+        feed = new_feed(server)
+        packages = [make_package() for _ in range(4)]
+        for path in packages:
+            assert upload(server, feed, path).status_code == 201
+        base = f"/conda/{feed}/noarch/"
+        with server.client() as client:
+            assert _shard_files(server) == {}
+            indexes = [_shard_index(client, base) for _ in range(6)]  # over both workers
+            index = indexes[0]
+            assert all(other == index for other in indexes) and len(index) == 4
+            # One file per shard, no temp file left (written after the answers, on a writer thread).
+            assert wait_until(lambda: set(_shard_files(server)) == set(index.values())), _shard_files(server)
+            for name, digest in index.items():
+                answers = [client.get(f"{base}shards/{digest}.msgpack.zst") for _ in range(4)]
+                assert {a.status_code for a in answers} == {200}
+                assert all(hashlib.sha256(a.content).hexdigest() == digest for a in answers)
+                shard = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(answers[0].content))
+                assert {r["name"] for r in shard["packages.conda"].values()} == {name}
+            before = _shard_files(server)
+            added = make_package(name=next(iter(index)), version="9.9")
+            assert upload(server, feed, added).status_code == 201
+            after = _shard_index(client, base)
+            changed = {name for name in after if after[name] != index[name]}
+            assert changed == {next(iter(index))}
+            expected = {after[name] for name in changed}
+            assert wait_until(lambda: set(_shard_files(server)) - set(before) == expected), _shard_files(server)
+            new_shard = client.get(f"{base}shards/{after[next(iter(index))]}.msgpack.zst")
+            assert new_shard.status_code == 200 and added.name.encode() in zstandard.ZstdDecompressor().decompress(
+                new_shard.content
+            )
+    finally:
+        server.stop()
 
 
 def test_a_large_subdirs_json_is_one_file_on_the_host_that_every_worker_sends(tmp_path: Path, make_package):

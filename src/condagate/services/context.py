@@ -17,6 +17,7 @@ from condagate.services.downloads import DownloadCounter
 from condagate.services.encoded_files import EncodedFiles
 from condagate.services.lookups import RecentLookups
 from condagate.services.repodata_cache import RepodataCache
+from condagate.services.shard_files import ShardFiles
 from condagate.services.upstream_state import SharedUpstreamState
 from condagate.settings import Settings
 from condagate.store import connectors as connector_store
@@ -103,7 +104,7 @@ class Services:
             db=db,
             blobs=blobs,
             locks=locks,
-            repodata=RepodataCache(db, upstream),
+            repodata=RepodataCache(db, upstream, ShardFiles(settings.data_dir / "encoded" / "shards")),
             encoded_files=EncodedFiles(settings.data_dir / "encoded"),
             upstream=upstream,
             downloads=DownloadCounter(db),

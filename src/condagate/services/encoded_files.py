@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from condagate.process_memory import return_freed_memory
 from condagate.services.subdir_snapshot import Encoded
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class EncodedFiles:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
+        finally:
+            return_freed_memory(encoded.size)  # the chunks it was produced in (~100 MB kept otherwise)
         return path.stat()
 
     def _prune(self, keep: str, group: str) -> None:

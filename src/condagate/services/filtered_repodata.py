@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -20,7 +21,9 @@ from condagate.services.subdir_snapshot import (
     encode_keyed_shard,
     encode_subdir,
     etag_of,
+    shard_body,
     shard_key,
+    spill_later,
 )
 
 
@@ -53,6 +56,7 @@ class FilteredSubdir:
     _shards_by_digest: dict[str, bytes] | None = None
     _bz2: Encoded | None = None
     _parts: RepodataParts | None = None  # what the encodings were made of, to tell the next build alike
+    _spilling: Future[int] | None = None  # shard bodies on their way to the snapshot's shard files
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,14 +96,16 @@ class FilteredSubdir:
                         key = shard_key(self.snapshot.records, kept)
                         digest, body = encode_keyed_shard(key)
                         shards[name] = (key, digest, body)
-                self._shards = shards
-                self._shards_by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}
+                by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}
+                self._shards, self._shards_by_digest = shards, by_digest
+                if self.snapshot.shard_files is not None:
+                    self._spilling = spill_later(shards, by_digest, self.snapshot.shard_files)
             return self._shards
 
     def shard_by_digest(self, digest_hex: str) -> bytes | None:
-        self.shards()
+        shards = self.shards()
         assert self._shards_by_digest is not None
-        return self._shards_by_digest.get(digest_hex)
+        return shard_body(digest_hex, self._shards_by_digest, shards, self.snapshot.shard_files)
 
     def shard_index(self) -> Encoded:
         shards = self.shards()

@@ -21,7 +21,9 @@ from condagate.conda.repodata import RepodataParts
 from condagate.conda.shards import ShardIndexEntries
 from condagate.services.filtered_repodata import FilteredSubdir, PreviousFilter, Served
 from condagate.services.layered_mapping import overlaid
+from condagate.services.shard_files import ShardFiles
 from condagate.services.subdir_snapshot import (
+    IN_FILE,
     Encoded,
     ShardEntry,
     SubdirSnapshot,
@@ -88,12 +90,16 @@ class RevisionMemo:
 
 
 class RepodataCache:
-    def __init__(self, db: Database, upstream: UpstreamRepodataCache | None = None) -> None:
+    def __init__(
+        self, db: Database, upstream: UpstreamRepodataCache | None = None, shard_files: ShardFiles | None = None
+    ) -> None:
         self._db = db
         self._upstream = upstream
+        self._shard_files = shard_files  # where large subdirs' shard bodies go (None: kept in memory)
         self._snapshots: dict[tuple[int, str], SubdirSnapshot] = {}
         self._locks: dict[tuple[int, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # (feed id, subdir, hex digest) -> bytes, or IN_FILE: the body is in the feed's shard files.
         self._retired_shards: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
         self._channeldata: dict[int, tuple[Hashable, Encoded]] = {}
         # What each feed subdir serves under a hiding SCA policy.
@@ -251,16 +257,7 @@ class RepodataCache:
             sticky = current.sticky
             only_added = True
         elif upstreams:
-            merged_records: dict[str, bytes] = {}
-            merged_names: dict[str, str] = {}
-            for upstream in reversed(upstreams):  # the first connector wins a file name over later ones
-                merged_records.update(upstream.records)
-                merged_names.update(upstream.names)
-            records, names = merged_records, merged_names
-            if keep_cached:
-                sticky = self._sticky(subdir, upstreams, merged_records, merged_names)
-            merged_records.update(local_records)  # and the feed's own packages win over every connector
-            merged_names.update(local_names)
+            records, names, sticky = self._merged(subdir, upstreams, local_records, local_names, keep_cached)
         else:
             records, names = local_records, local_names
             only_added = incremental and current is not None and not current.upstream_version
@@ -308,6 +305,7 @@ class RepodataCache:
             # or a client sending only If-Modified-Since would be told the old repodata is current.
             built_at = current.built_at + timedelta(seconds=1)
         json_encoded, zst_encoded = encode_subdir(parts, subdir, built_at)
+        large = json_encoded.is_deferred()  # its shards' bodies go to files, as its JSON does
         return SubdirSnapshot(
             subdir=subdir,
             version=SubdirVersion(newest, version.generation, version.updated_at),
@@ -327,16 +325,34 @@ class RepodataCache:
             _changed_names=changed_names,
             _parts=parts,
             _by_name=by_name,
+            shard_files=self._shard_files.of_feed(feed_id) if large and self._shard_files is not None else None,
         )
 
-    def _sticky(
-        self, subdir: str, upstreams: list[UpstreamSnapshot], records: dict[str, bytes], names: dict[str, str]
-    ) -> dict[str, tuple[int, datetime | None]]:
-        """Files this server cached and the upstream no longer lists stay installable: their records
-        (as listed when cached) join the merge, after every file the upstreams still list."""
+    def _merged(
+        self,
+        subdir: str,
+        upstreams: list[UpstreamSnapshot],
+        local_records: Mapping[str, bytes],
+        local_names: Mapping[str, str],
+        keep_cached: bool,
+    ) -> tuple[Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]]]:
+        """(records, names, sticky files): the connectors' records, the first connector winning a file
+        name over later ones; with ``keep_cached``, files this server cached that the upstreams no longer
+        list (their records as listed when cached: they stay installable); the feed's own packages over
+        all. One connector and nothing to add: its own dicts, not copies (~30 MB per 500,000 records per
+        worker; they are never changed, a later change is laid over)."""
         order = {u.connector_id: position for position, u in enumerate(upstreams)}
-        with self._db.read() as session:
-            rows = connector_store.sticky_records(session=session, connector_ids=list(order), subdir=subdir)
+        rows = []
+        if keep_cached:
+            with self._db.read() as session:
+                rows = connector_store.sticky_records(session=session, connector_ids=list(order), subdir=subdir)
+        if len(upstreams) == 1 and not local_records and all(row.filename in upstreams[0].records for row in rows):
+            return upstreams[0].records, upstreams[0].names, {}
+        records: dict[str, bytes] = {}
+        names: dict[str, str] = {}
+        for upstream in reversed(upstreams):
+            records.update(upstream.records)
+            names.update(upstream.names)
         sticky: dict[str, tuple[int, datetime | None]] = {}
         for row in sorted(rows, key=lambda r: order[r.connector_id]):
             if row.filename in records:
@@ -344,7 +360,9 @@ class RepodataCache:
             records[row.filename] = row.record
             names[row.filename] = row.name
             sticky[row.filename] = (row.connector_id, row.removed_upstream_at)
-        return sticky
+        records.update(local_records)
+        names.update(local_names)
+        return records, names, sticky
 
     def _retire(self, feed_id: int, subdir: str, shards: dict[str, ShardEntry]) -> None:
         for entry in shards.values():
@@ -395,7 +413,14 @@ class RepodataCache:
         return (feed_id, subdir) in self._served
 
     def shard(self, feed_id: int, served: Served, subdir: str, digest_hex: str) -> bytes | None:
-        return served.shard_by_digest(digest_hex) or self._retired_shards.get((feed_id, subdir, digest_hex))
+        """A shard the served view lists, or one it listed before (a client may hold an older index)."""
+        body = served.shard_by_digest(digest_hex)
+        if body is not None:
+            return body
+        retired = self._retired_shards.get((feed_id, subdir, digest_hex))
+        if retired == IN_FILE and self._shard_files is not None:
+            return self._shard_files.of_feed(feed_id).get(digest_hex)
+        return retired or None
 
     def channeldata(
         self,
@@ -437,3 +462,5 @@ class RepodataCache:
         for served_key in [key for key in self._served if key[0] == feed_id]:
             del self._served[served_key]
         self._channeldata.pop(feed_id, None)
+        if self._shard_files is not None:
+            self._shard_files.forget_feed(feed_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from condagate.conda.repodata import RepodataParts, compress_bz2_chunks, compres
 from condagate.conda.shards import ShardIndexEntries, encode_shard
 from condagate.conda.zstd_splice import decompressed, frame_of
 from condagate.process_memory import return_freed_memory
+from condagate.services.shard_files import FeedShardFiles
 from condagate.store.packages import SubdirVersion
 
 # (records key, digest, body); the key: the name's file names (sorted) and their records' bytes, as two
@@ -24,9 +26,6 @@ from condagate.store.packages import SubdirVersion
 ShardKey = tuple[tuple[str, ...], tuple[bytes, ...]]
 ShardEntry = tuple[ShardKey, bytes, bytes]
 UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
-# A build that let go of this much JSON gives the memory back to the system (``malloc_trim``: ~20 ms
-# after a 500,000-record subdir; one more record frees one block and does not pay it).
-_RETURN_FREED_FROM = 64 * 1024 * 1024
 
 
 def shard_key(records: Mapping[str, bytes], filenames: Sequence[str]) -> ShardKey:
@@ -37,6 +36,54 @@ def shard_key(records: Mapping[str, bytes], filenames: Sequence[str]) -> ShardKe
 def encode_keyed_shard(key: ShardKey) -> tuple[bytes, bytes]:
     """(digest, body) of the shard of ``key``'s records."""
     return encode_shard((fn, decode_record(raw)) for fn, raw in zip(*key, strict=True))
+
+
+# A shard entry's body when it is in this host's file (``services.shard_files``): a shard is never empty.
+IN_FILE = b""
+
+
+def spill(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: FeedShardFiles) -> int:
+    """Move the bodies of ``shards`` (and ``by_digest``, their bytes by hex digest) into ``files``; a body
+    that cannot be written stays. How many bytes moved. Readers may hold the dicts meanwhile: an entry
+    is swapped (never added or removed) once its file is there."""
+    moved = 0
+    for name, (key, digest, body) in list(shards.items()):
+        if body and files.put(digest, body):
+            shards[name] = (key, digest, IN_FILE)
+            by_digest[digest.hex()] = IN_FILE
+            moved += len(body)
+    return moved
+
+
+def spill_later(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: FeedShardFiles) -> Future[int]:
+    """``spill`` on the shard files' writer thread, after which a large build's freed memory goes back to
+    the system (the bodies were ~80 MB in 16,000 pieces per 500,000 records)."""
+
+    def work() -> int:
+        moved = spill(shards, by_digest, files)
+        return_freed_memory(moved)
+        return moved
+
+    return files.later(work)
+
+
+def shard_body(
+    digest_hex: str, by_digest: dict[str, bytes], shards: Mapping[str, ShardEntry], files: FeedShardFiles | None
+) -> bytes | None:
+    """The bytes of the listed shard ``digest_hex``: kept, or read from its file, or (the file went: unused
+    for long, or damaged) encoded again from its records and written back."""
+    body = by_digest.get(digest_hex)
+    if body != IN_FILE or files is None:
+        return body
+    found = files.get(digest_hex)
+    if found is not None:
+        return found
+    for key, digest, _body in shards.values():
+        if digest.hex() == digest_hex:  # a linear search, once per lost file
+            digest, body = encode_keyed_shard(key)
+            files.put(digest, body, replace=True)
+            return body
+    return None
 
 
 class Encoded:
@@ -119,8 +166,7 @@ def encode_subdir(parts: RepodataParts, subdir: str, moment: datetime) -> tuple[
     if not spliced_zst(parts.json_size(subdir)):
         return json_and_zst(parts.encode(subdir), moment)
     pieces = parts.zst_pieces(subdir)
-    if parts.release_json() >= _RETURN_FREED_FROM:
-        return_freed_memory()
+    return_freed_memory(parts.release_json())
     digest = hashlib.sha256(b"".join(piece.digest for piece in pieces)).hexdigest()[:40]
     zst = Encoded.of_chunks(frame_of(pieces), f'"{digest}-zst"', moment)
     json_size = parts.json_size(subdir, spliced=True)
@@ -158,6 +204,9 @@ class SubdirSnapshot:
     _shards_by_digest: dict[str, bytes] | None = None
     _bz2: Encoded | None = None
     _by_name: dict[str, list[str]] | None = None
+    # A large subdir's shard bodies go to this host's files (``services.shard_files``); None: kept here.
+    shard_files: FeedShardFiles | None = None
+    _spilling: Future[int] | None = None  # the bodies on their way to ``shard_files``
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # bz2 of a big subdir takes many seconds: it must not hold up shard or listing requests.
     _bz2_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -202,20 +251,24 @@ class SubdirSnapshot:
         return self._shard_index
 
     def built_shard(self, digest_hex: str) -> bytes | None:
+        """A shard held in memory (one in a file is the route's to read)."""
         found = self._shards_by_digest
-        return None if found is None else found.get(digest_hex)
+        return None if found is None else (found.get(digest_hex) or None)
 
     def shards(self) -> dict[str, ShardEntry]:
         with self._lock:
             if self._shards is None:
-                self._shards, self._shards_by_digest = self._build_shards()
+                shards, by_digest = self._build_shards()
+                self._shards, self._shards_by_digest = shards, by_digest
+                if self.shard_files is not None:
+                    self._spilling = spill_later(shards, by_digest, self.shard_files)
                 self._shard_index = None
             return self._shards
 
     def shard_by_digest(self, digest_hex: str) -> bytes | None:
-        self.shards()
+        shards = self.shards()
         assert self._shards_by_digest is not None
-        return self._shards_by_digest.get(digest_hex)
+        return shard_body(digest_hex, self._shards_by_digest, shards, self.shard_files)
 
     def shard_index(self) -> Encoded:
         shards = self.shards()

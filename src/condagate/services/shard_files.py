@@ -1,0 +1,175 @@
+"""This host's shard bodies of large subdirs, one file per shard named by its digest, so that a worker
+keeps a large subdir's shard keys and digests, not their bodies (~80 MB and ~110 MB of allocator
+fragmentation per 500,000-record subdir, in every worker).
+
+Files are content-addressed within a feed (``shards/<feed id>/<sha256 hex>.msgpack.zst``; a feed
+never reads another's): whichever worker encodes a shard first writes it (temp name, then rename; on
+one writer thread per process, after the answer that needed the shards), the others find it. A file
+nobody read or wrote for ``UNUSED_SECONDS`` goes; a worker that still lists that shard encodes it
+again from its records when asked for it (``SubdirSnapshot``); a superseded one is then gone (404, as
+for a client holding a very old index before). Where nothing can be written (a full disk) the bodies
+stay in memory, as for small subdirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+UNUSED_SECONDS = 60 * 60
+RETRY_SECONDS = 60.0  # after a failed write nothing is written for this long (bodies stay in memory)
+_PRUNE_EVERY = 10 * 60.0  # seconds between two looks for unused files, per process
+_TOUCH_EVERY = 10 * 60.0  # a read file's mtime is moved at most this often per process
+_DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
+_SUFFIX = ".msgpack.zst"
+_TEMP_PREFIX = ".writing-"
+
+
+class ShardFiles:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._guard = threading.Lock()
+        self._touched: dict[str, float] = {}  # path -> when this process last wrote, found or touched it
+        self._failed_at: float | None = None
+        self._pruned_at: dict[int, float] = {}
+        # One writer per process: a large subdir's first shard index does not wait for its ~16,000 files.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="shard-files")
+
+    def later(self, work: Callable[[], int]) -> Future[int]:
+        """``work`` on this process's shard file writer."""
+        return self._writer.submit(work)
+
+    def of_feed(self, feed_id: int) -> FeedShardFiles:
+        return FeedShardFiles(self, feed_id)
+
+    def forget_feed(self, feed_id: int) -> None:
+        """Remove a deleted feed's files (a feed created later may get its id)."""
+        shutil.rmtree(self.folder / str(int(feed_id)), ignore_errors=True)
+
+
+class FeedShardFiles:
+    """One feed's shard files."""
+
+    def __init__(self, files: ShardFiles, feed_id: int) -> None:
+        self._files = files
+        self._feed_id = int(feed_id)
+        self.folder = files.folder / str(self._feed_id)
+
+    def later(self, work: Callable[[], int]) -> Future[int]:
+        return self._files.later(work)
+
+    def put(self, digest: bytes, body: bytes, replace: bool = False) -> bool:
+        """Whether the shard is in its file now (found, or written; ``replace``: written even if found,
+        a damaged file's bytes); ``False`` when it cannot be written (the caller keeps the body), without
+        trying for ``RETRY_SECONDS`` after a failure."""
+        files = self._files
+        path = self._path(digest.hex())
+        if not replace and self._found(path):
+            return True
+        failed_at = files._failed_at
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_SECONDS:
+            return False
+        try:
+            self._write(path, body)
+        except OSError as exc:
+            files._failed_at = time.monotonic()
+            log.warning("could not write shard files to %s (kept in memory for now): %s", self.folder, exc)
+            return False
+        files._failed_at = None
+        self._prune_now_and_then()
+        return True
+
+    def get(self, digest_hex: str) -> bytes | None:
+        """The shard's bytes, or None when this feed has no whole file of that digest (the bytes are
+        checked against it: a damaged file is as good as none)."""
+        if _DIGEST_HEX.fullmatch(digest_hex) is None:
+            return None
+        path = self._path(digest_hex)
+        try:
+            body = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        if hashlib.sha256(body).hexdigest() != digest_hex:
+            return None
+        self._touch(path)
+        return body
+
+    def _path(self, digest_hex: str) -> Path:
+        return self.folder / (digest_hex + _SUFFIX)
+
+    def _found(self, path: Path) -> bool:
+        try:
+            found = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if found.st_size == 0:
+            return False
+        self._touch(path)
+        return True
+
+    def _touch(self, path: Path) -> None:
+        files = self._files
+        key = str(path)
+        now = time.monotonic()
+        touched = files._touched.get(key)
+        if touched is not None and now - touched < _TOUCH_EVERY:
+            return
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        with files._guard:
+            if len(files._touched) > 200_000:  # a bound, not a policy: digests change with every version
+                files._touched = {}
+            files._touched[key] = now
+
+    def _write(self, path: Path, body: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=_TEMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        self._files._touched[str(path)] = time.monotonic()
+
+    def _prune_now_and_then(self) -> None:
+        files = self._files
+        now = time.monotonic()
+        with files._guard:
+            pruned_at = files._pruned_at.get(self._feed_id)
+            if pruned_at is not None and now - pruned_at < _PRUNE_EVERY:
+                return
+            files._pruned_at[self._feed_id] = now
+        self.prune()
+
+    def prune(self) -> None:
+        """Remove the files (and crashed writers' temp files) nobody read or wrote for ``UNUSED_SECONDS``.
+        Never fails: what cannot be removed now is left for the next time."""
+        cutoff = time.time() - UNUSED_SECONDS
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError as exc:
+            log.warning("could not list %s to remove unused shards: %s", self.folder, exc)
+            return
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not remove %s: %s", entry.path, exc)
