@@ -5,6 +5,7 @@ Large subdirs are kept as blocks of records, each compressed on its own and spli
 
 from __future__ import annotations
 
+import array
 import bisect
 import bz2
 import collections
@@ -83,14 +84,15 @@ class _Block:
     """A run of consecutive records of one kind: ``"NAME":RECORD`` joined by commas, with the comma that
     separates it from the block before (none for the first block of its object); compressed (a
     ``Piece``) once asked for. Never changed once built (``RepodataParts.copy`` shares blocks), except
-    that a large subdir's blocks let go of their JSON once compressed (``release``): the piece holds
-    the same bytes, and ``body`` gets them back from it if ever asked."""
+    that a large subdir's blocks let go of their JSON and of their records once compressed (``release``):
+    the piece holds the same bytes, and ``body`` and ``records`` get them back from it when asked."""
 
-    __slots__ = ("_body", "_piece", "names", "records", "size")
+    __slots__ = ("_body", "_lengths", "_piece", "_records", "names", "size")
 
     def __init__(self, names: list[str], records: list[bytes], quoted: list[bytes]) -> None:
         self.names = names
-        self.records = records
+        self._records: list[bytes] | None = records
+        self._lengths: array.array[int] | None = None  # the records' lengths, once they are let go of
         pieces = quoted + records  # a list of the right length, then interleaved in place
         pieces[::2], pieces[1::2] = quoted, records
         self._body: bytes | None = b"".join(pieces)
@@ -104,6 +106,29 @@ class _Block:
             body = piece_content(self.piece())[: self.size]
         return body
 
+    @property
+    def records(self) -> list[bytes]:
+        """The records' bytes, in ``names`` order (a released block's: cut from its JSON again, unless
+        it is one of the last few blocks cut or released in this process)."""
+        records = self._records
+        if records is None:
+            records = _recently_cut.get(self)
+        if records is None:
+            assert self._lengths is not None
+            body = self.body
+            quoted, _checksums = _quoted_names(self.names, first=not body.startswith(b","))
+            records = []
+            end = 0
+            for prefix, length in zip(quoted, self._lengths, strict=True):
+                start = end + len(prefix)
+                end = start + length
+                records.append(body[start:end])
+            _recently_cut.put(self, records)
+        return records
+
+    def is_released(self) -> bool:
+        return self._records is None
+
     def piece(self) -> Piece:
         """``body`` compressed on its own (``zstd_splice``); once, by whichever thread asks first."""
         found = self._piece
@@ -112,11 +137,53 @@ class _Block:
         return found
 
     def release(self) -> int:
-        """Let go of the JSON bytes once compressed (only ``piece`` is needed to serve them); how many."""
+        """Let go of the JSON bytes and the records once compressed (only ``piece`` is needed to serve
+        them; the records' lengths are kept to cut them out again); how many JSON bytes."""
         if self._piece is None or self._body is None:
             return 0
+        if self._records is not None:
+            self._lengths = array.array("I", map(len, self._records))
+            _recently_cut.put(self, self._records)  # a block just changed is likely read again soon
+            self._records = None
         self._body = None
         return self.size
+
+    def same_as(self, other: _Block) -> bool:
+        """Whether ``other`` holds the same records under the same names (compared by their compressed
+        pieces' digests when both have one: the same JSON compresses to the same piece)."""
+        if self is other:
+            return True
+        if self.names != other.names or self.size != other.size:
+            return False
+        if self._piece is not None and other._piece is not None:
+            return self._piece.digest == other._piece.digest
+        return self.records == other.records
+
+
+class _RecentlyCut:
+    """The records of the last few released blocks read (a walk in file name order, shards, the lookups
+    of a burst of downloads), shared by every version of the parts: ~1 MB each."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._blocks: collections.OrderedDict[_Block, list[bytes]] = collections.OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, block: _Block) -> list[bytes] | None:
+        with self._guard:
+            found = self._blocks.get(block)
+            if found is not None:
+                self._blocks.move_to_end(block)
+            return found
+
+    def put(self, block: _Block, records: list[bytes]) -> None:
+        with self._guard:
+            self._blocks[block] = records
+            while len(self._blocks) > self._size:
+                self._blocks.popitem(last=False)
+
+
+_recently_cut = _RecentlyCut(8)
 
 
 class RepodataParts:
@@ -163,7 +230,7 @@ class RepodataParts:
         """Add or replace records (file name, record bytes); only the blocks they fall in are rebuilt."""
         changed: tuple[dict[int, tuple[list[str], list[bytes]]], ...] = ({}, {})  # block index -> new content
         for filename, record in items:
-            kind = _kind(filename)
+            kind = kind_of(filename)
             if kind < 0:
                 continue
             blocks, pending = self._blocks[kind], changed[kind]
@@ -189,6 +256,19 @@ class RepodataParts:
 
     def __len__(self) -> int:
         return sum(len(block.names) for kind in self._blocks for block in kind)
+
+    def blocks(self) -> Iterator[_Block]:
+        """Every block, ``packages``' then ``packages.conda``'s, in file name order."""
+        for kind in self._blocks:
+            yield from kind
+
+    def is_released(self) -> bool:
+        """Whether its blocks let go of their records (a large subdir's, compressed: ``from_records``)."""
+        return any(block.is_released() for block in self.blocks())
+
+    def blocks_of_kinds(self) -> tuple[list[_Block], list[_Block]]:
+        """The blocks of each kind (``kind_of``), in file name order: copies of the lists."""
+        return self._blocks[0].copy(), self._blocks[1].copy()
 
     def json_chunks(self, subdir: str, spliced: bool = False) -> list[bytes]:
         """repodata.json as consecutive pieces: the head, each block, the middle, each block, the tail;
@@ -223,7 +303,7 @@ class RepodataParts:
         if self._every != other._every or list(map(len, self._blocks)) != list(map(len, other._blocks)):
             return False
         return all(
-            mine is theirs or (mine.names == theirs.names and mine.records == theirs.records)
+            mine.same_as(theirs)
             for kind in (0, 1)
             for mine, theirs in zip(self._blocks[kind], other._blocks[kind], strict=True)
         )
@@ -350,7 +430,8 @@ def _pool() -> ThreadPoolExecutor:
         return _pools[0]
 
 
-def _kind(filename: str) -> int:
+def kind_of(filename: str) -> int:
+    """0 for a .tar.bz2 (``packages``), 1 for a .conda (``packages.conda``), -1 for anything else."""
     if filename.endswith(".tar.bz2"):
         return 0
     return 1 if filename.endswith(".conda") else -1

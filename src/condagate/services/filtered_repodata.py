@@ -93,9 +93,7 @@ class FilteredSubdir:
                 for name in touched:
                     kept = sorted(fn for fn in by_name.get(name, []) if fn not in self.hidden)
                     if kept:
-                        key = shard_key(self.snapshot.records, kept)
-                        digest, body = encode_keyed_shard(key)
-                        shards[name] = (key, digest, body)
+                        shards[name] = encode_keyed_shard(self.snapshot.records, shard_key(self.snapshot.records, kept))
                 by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}
                 self._shards, self._shards_by_digest = shards, by_digest
                 if self.snapshot.shard_files is not None:
@@ -105,7 +103,7 @@ class FilteredSubdir:
     def shard_by_digest(self, digest_hex: str) -> bytes | None:
         shards = self.shards()
         assert self._shards_by_digest is not None
-        return shard_body(digest_hex, self._shards_by_digest, shards, self.snapshot.shard_files)
+        return shard_body(digest_hex, self._shards_by_digest, shards, self.snapshot.shard_files, self.snapshot.records)
 
     def shard_index(self) -> Encoded:
         shards = self.shards()

@@ -16,9 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from condagate.conda.channeldata import PackageFileSummary, encode_channeldata
+from condagate.conda.parts_records import PartsRecords
 from condagate.conda.records import decode_record
 from condagate.conda.repodata import RepodataParts
 from condagate.conda.shards import ShardIndexEntries
+from condagate.process_memory import return_freed_memory
 from condagate.services.filtered_repodata import FilteredSubdir, PreviousFilter, Served
 from condagate.services.layered_mapping import overlaid
 from condagate.services.shard_files import ShardFiles
@@ -228,6 +230,7 @@ class RepodataCache:
             rows = package_store.records_since(session=session, feed_id=feed_id, subdir=subdir, revision=since)
         new_records: dict[str, bytes] = {}
         new_names: dict[str, str] = {}
+        parts: RepodataParts | None = None  # the merge's blocks, when they are a connector's as they are
         newest = version.revision
         for filename, name, record, revision in rows:
             new_records[filename] = record.encode()
@@ -257,7 +260,7 @@ class RepodataCache:
             sticky = current.sticky
             only_added = True
         elif upstreams:
-            records, names, sticky = self._merged(subdir, upstreams, local_records, local_names, keep_cached)
+            records, names, sticky, parts = self._merged(subdir, upstreams, local_records, local_names, keep_cached)
         else:
             records, names = local_records, local_names
             only_added = incremental and current is not None and not current.upstream_version
@@ -265,7 +268,6 @@ class RepodataCache:
         previous_by_digest: dict[str, bytes] | None = None
         previous_index: ShardIndexEntries | None = None
         changed_names: frozenset[str] | None = None
-        parts: RepodataParts | None = None
         by_name: dict[str, list[str]] | None = None
         if current is not None:
             with current._lock:  # the shards may be being built: read their state as one
@@ -306,6 +308,11 @@ class RepodataCache:
             built_at = current.built_at + timedelta(seconds=1)
         json_encoded, zst_encoded = encode_subdir(parts, subdir, built_at)
         large = json_encoded.is_deferred()  # its shards' bodies go to files, as its JSON does
+        if large and parts.is_released() and not (isinstance(records, PartsRecords) and records.parts is parts):
+            # Read from the compressed blocks: the dicts (and the record bytes only they hold) go.
+            dropped = len(records) if isinstance(records, dict) else 0
+            records = PartsRecords(parts)
+            return_freed_memory(dropped * 512)  # ~0.5 kB of bytes per record
         return SubdirSnapshot(
             subdir=subdir,
             version=SubdirVersion(newest, version.generation, version.updated_at),
@@ -335,23 +342,26 @@ class RepodataCache:
         local_records: Mapping[str, bytes],
         local_names: Mapping[str, str],
         keep_cached: bool,
-    ) -> tuple[Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]]]:
-        """(records, names, sticky files): the connectors' records, the first connector winning a file
-        name over later ones; with ``keep_cached``, files this server cached that the upstreams no longer
-        list (their records as listed when cached: they stay installable); the feed's own packages over
-        all. One connector and nothing to add: its own dicts, not copies (~30 MB per 500,000 records per
-        worker; they are never changed, a later change is laid over)."""
+    ) -> tuple[
+        Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]], RepodataParts | None
+    ]:
+        """(records, names, sticky files, blocks): the connectors' records, the first connector winning a
+        file name over later ones; with ``keep_cached``, files this server cached that the upstreams no
+        longer list (their records as listed when cached: they stay installable); the feed's own packages
+        over all. One connector: its own records, names and blocks, not copies (never changed: what is
+        added is laid over them, and put into a copy of the blocks: only the blocks it falls in are
+        encoded again); else the blocks are None."""
         order = {u.connector_id: position for position, u in enumerate(upstreams)}
         rows = []
         if keep_cached:
             with self._db.read() as session:
                 rows = connector_store.sticky_records(session=session, connector_ids=list(order), subdir=subdir)
-        if len(upstreams) == 1 and not local_records and all(row.filename in upstreams[0].records for row in rows):
-            return upstreams[0].records, upstreams[0].names, {}
+        if len(upstreams) == 1 and upstreams[0].parts is not None:
+            return self._laid_over(upstreams[0], upstreams[0].parts, rows, local_records, local_names)
         records: dict[str, bytes] = {}
         names: dict[str, str] = {}
         for upstream in reversed(upstreams):
-            records.update(upstream.records)
+            records.update(upstream.records.items())  # a large subdir's: block by block
             names.update(upstream.names)
         sticky: dict[str, tuple[int, datetime | None]] = {}
         for row in sorted(rows, key=lambda r: order[r.connector_id]):
@@ -362,7 +372,33 @@ class RepodataCache:
             sticky[row.filename] = (row.connector_id, row.removed_upstream_at)
         records.update(local_records)
         names.update(local_names)
-        return records, names, sticky
+        return records, names, sticky, None
+
+    @staticmethod
+    def _laid_over(
+        upstream: UpstreamSnapshot,
+        parts: RepodataParts,
+        sticky_rows: Sequence[Any],
+        local_records: Mapping[str, bytes],
+        local_names: Mapping[str, str],
+    ) -> tuple[Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]], RepodataParts]:
+        """``_merged`` of one connector: the sticky files it no longer lists, then the feed's own, laid
+        over its records and put into a copy of its blocks."""
+        records: dict[str, bytes] = {}
+        names: dict[str, str] = {}
+        sticky: dict[str, tuple[int, datetime | None]] = {}
+        for row in sticky_rows:
+            if row.filename not in upstream.records:
+                records[row.filename] = row.record
+                names[row.filename] = row.name
+                sticky[row.filename] = (row.connector_id, row.removed_upstream_at)
+        records.update(local_records)
+        names.update(local_names)
+        if not records:
+            return upstream.records, upstream.names, sticky, parts
+        merged = parts.copy()
+        merged.put(records.items())
+        return overlaid(upstream.records, records), overlaid(upstream.names, names), sticky, merged
 
     def _retire(self, feed_id: int, subdir: str, shards: dict[str, ShardEntry]) -> None:
         for entry in shards.values():

@@ -21,33 +21,47 @@ from condagate.process_memory import return_freed_memory
 from condagate.services.shard_files import FeedShardFiles
 from condagate.store.packages import SubdirVersion
 
-# (records key, digest, body); the key: the name's file names (sorted) and their records' bytes, as two
-# tuples (not a pair per record: fewer objects). Equal keys mean an equal shard.
-ShardKey = tuple[tuple[str, ...], tuple[bytes, ...]]
+# (records key, digest, body); the key: the name's file names (sorted) and a digest of their records'
+# bytes (not the bytes: a large subdir's records are kept compressed, ``conda.parts_records``). Equal
+# keys mean an equal shard.
+ShardKey = tuple[tuple[str, ...], bytes]
 ShardEntry = tuple[ShardKey, bytes, bytes]
 UpstreamVersion = tuple[tuple[int, int], ...]  # (connector id, generation) per connector, in feed order
 
 
-def shard_key(records: Mapping[str, bytes], filenames: Sequence[str]) -> ShardKey:
+def _records_digest(records: list[bytes]) -> bytes:
+    # Records are JSON objects, which delimit themselves: their join tells them apart.
+    return hashlib.sha256(b"".join(records)).digest()[:16]
+
+
+def shard_entry(filenames: Sequence[str], records: Sequence[bytes]) -> ShardEntry:
+    """The shard of one package name's files (sorted by file name) and their records."""
+    listed = list(records)
+    digest, body = encode_shard((fn, decode_record(raw)) for fn, raw in zip(filenames, listed, strict=True))
+    return (tuple(filenames), _records_digest(listed)), digest, body
+
+
+def shard_key(records: Mapping[str, bytes], filenames: Iterable[str]) -> ShardKey:
     ordered = tuple(sorted(filenames))
-    return ordered, tuple(map(records.__getitem__, ordered))
+    return ordered, _records_digest([records[fn] for fn in ordered])
 
 
-def encode_keyed_shard(key: ShardKey) -> tuple[bytes, bytes]:
-    """(digest, body) of the shard of ``key``'s records."""
-    return encode_shard((fn, decode_record(raw)) for fn, raw in zip(*key, strict=True))
+def encode_keyed_shard(records: Mapping[str, bytes], key: ShardKey) -> ShardEntry:
+    """The shard of ``key``'s files, their records read from ``records``."""
+    return shard_entry(key[0], [records[fn] for fn in key[0]])
 
 
 # A shard entry's body when it is in this host's file (``services.shard_files``): a shard is never empty.
 IN_FILE = b""
 
 
-def spill(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: FeedShardFiles) -> int:
-    """Move the bodies of ``shards`` (and ``by_digest``, their bytes by hex digest) into ``files``; a body
-    that cannot be written stays. How many bytes moved. Readers may hold the dicts meanwhile: an entry
-    is swapped (never added or removed) once its file is there."""
+def spill(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: FeedShardFiles, names: list[str]) -> int:
+    """Move the bodies of ``names``' shards (and ``by_digest``, their bytes by hex digest) into
+    ``files``; a body that cannot be written stays. How many bytes moved. Readers may hold the dicts
+    meanwhile: an entry is swapped (never added or removed) once its file is there."""
     moved = 0
-    for name, (key, digest, body) in list(shards.items()):
+    for name in names:
+        key, digest, body = shards[name]
         if body and files.put(digest, body):
             shards[name] = (key, digest, IN_FILE)
             by_digest[digest.hex()] = IN_FILE
@@ -57,10 +71,12 @@ def spill(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: Fee
 
 def spill_later(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: FeedShardFiles) -> Future[int]:
     """``spill`` on the shard files' writer thread, after which a large build's freed memory goes back to
-    the system (the bodies were ~80 MB in 16,000 pieces per 500,000 records)."""
+    the system (the bodies were ~80 MB in 16,000 pieces per 500,000 records). Which shards hold their
+    bodies is found here: the writer thread is left the files only, not a walk holding the GIL."""
+    names = [name for name, entry in shards.items() if entry[2]]
 
     def work() -> int:
-        moved = spill(shards, by_digest, files)
+        moved = spill(shards, by_digest, files, names)
         return_freed_memory(moved)
         return moved
 
@@ -68,7 +84,11 @@ def spill_later(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], file
 
 
 def shard_body(
-    digest_hex: str, by_digest: dict[str, bytes], shards: Mapping[str, ShardEntry], files: FeedShardFiles | None
+    digest_hex: str,
+    by_digest: dict[str, bytes],
+    shards: Mapping[str, ShardEntry],
+    files: FeedShardFiles | None,
+    records: Mapping[str, bytes],
 ) -> bytes | None:
     """The bytes of the listed shard ``digest_hex``: kept, or read from its file, or (the file went: unused
     for long, or damaged) encoded again from its records and written back."""
@@ -80,7 +100,7 @@ def shard_body(
         return found
     for key, digest, _body in shards.values():
         if digest.hex() == digest_hex:  # a linear search, once per lost file
-            digest, body = encode_keyed_shard(key)
+            _key, digest, body = encode_keyed_shard(records, key)
             files.put(digest, body, replace=True)
             return body
     return None
@@ -268,7 +288,7 @@ class SubdirSnapshot:
     def shard_by_digest(self, digest_hex: str) -> bytes | None:
         shards = self.shards()
         assert self._shards_by_digest is not None
-        return shard_body(digest_hex, self._shards_by_digest, shards, self.shard_files)
+        return shard_body(digest_hex, self._shards_by_digest, shards, self.shard_files, self.records)
 
     def shard_index(self) -> Encoded:
         shards = self.shards()
@@ -302,21 +322,34 @@ class SubdirSnapshot:
                     continue
                 key = shard_key(self.records, filenames)
                 if old is None or old[0] != key:
-                    digest, body = encode_keyed_shard(key)
-                    old = (key, digest, body)
+                    old = encode_keyed_shard(self.records, key)
                 updated[name] = old
                 by_digest[old[1].hex()] = old[2]
             if self._index_entries is not None:
                 self._index_entries.update({name: updated[name][1] if name in updated else None for name in changed})
             return updated, by_digest
         shards: dict[str, ShardEntry] = {}
-        for name, filenames in by_name.items():
-            # The key holds references to the record bytes, not copies.
-            key = shard_key(self.records, filenames)
-            old = previous.get(name)
-            if old is not None and old[0] == key:
-                shards[name] = old
-            else:
-                digest, body = encode_keyed_shard(key)
-                shards[name] = (key, digest, body)
+        # The records in file name order (a large subdir's: each block decompressed once), each name's
+        # encoded once all its files were seen: only names with files still to come are held.
+        open_names: dict[str, list[tuple[str, bytes]]] = {}
+        names = self.names
+        for filename, record in self.records.items():
+            name = names[filename]
+            seen = open_names.setdefault(name, [])
+            seen.append((filename, record))
+            if len(seen) == len(by_name[name]):
+                del open_names[name]
+                shards[name] = self._shard_of(name, seen, previous)
+        for name, seen in open_names.items():  # a file name without a record: not listed, as before
+            shards[name] = self._shard_of(name, seen, previous)
         return shards, {entry[1].hex(): entry[2] for entry in shards.values()}
+
+    @staticmethod
+    def _shard_of(name: str, files: list[tuple[str, bytes]], previous: Mapping[str, ShardEntry]) -> ShardEntry:
+        files.sort()
+        filenames = tuple(filename for filename, _record in files)
+        records = [record for _filename, record in files]
+        old = previous.get(name)
+        if old is not None and old[0] == (filenames, _records_digest(records)):
+            return old
+        return shard_entry(filenames, records)

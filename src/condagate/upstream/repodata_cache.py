@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -37,9 +37,11 @@ from pathlib import Path
 import httpx
 
 from condagate import telemetry
-from condagate.conda.repodata import compress_zstd
+from condagate.conda.parts_records import PartsRecords
+from condagate.conda.repodata import RepodataParts, compress_zstd
 from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
 from condagate.errors import CondagateError, UpstreamUnavailable
+from condagate.process_memory import return_freed_memory
 from condagate.upstream.connector import ConnectorConfig
 from condagate.upstream.kept_copies import KeptCopies, KeptState, SharedState
 from condagate.upstream.repodata_fetch import fetch_repodata
@@ -55,7 +57,8 @@ Key = tuple[int, str]
 class UpstreamSnapshot:
     connector_id: int
     subdir: str
-    records: dict[str, bytes]  # file name -> record JSON bytes
+    # file name -> record JSON bytes: a dict, or a large subdir's records kept compressed in ``parts``
+    records: Mapping[str, bytes]
     names: dict[str, str]  # file name -> package name
     generation: int
     etag: str
@@ -64,6 +67,34 @@ class UpstreamSnapshot:
     error_at: float | None = None
     sha256: str = ""  # the kept body's blob ("" when it could not be kept)
     last_modified: str = ""
+    parts: RepodataParts | None = None  # the records cut into blocks (compressed when large), for merges
+
+    @classmethod
+    def of(
+        cls,
+        connector_id: int,
+        subdir: str,
+        parsed: UpstreamRecords,
+        generation: int,
+        etag: str,
+        checked_at: float,
+        sha256: str = "",
+        last_modified: str = "",
+    ) -> UpstreamSnapshot:
+        """A snapshot of ``parsed``: its records cut into blocks; a large subdir's compressed and read
+        from them (``PartsRecords``): ``parsed.records`` is then emptied, so that the record bytes are
+        not kept a second time."""
+        parts = RepodataParts.from_records(parsed.records, compress=True)
+        records: Mapping[str, bytes] = parsed.records
+        if parts.is_released():
+            records = PartsRecords(parts)
+            freed = len(parsed.records) * 512  # ~0.5 kB of bytes per record
+            parsed.records.clear()
+            return_freed_memory(freed)
+        return cls(
+            connector_id, subdir, records, parsed.names, generation, etag, checked_at,
+            sha256=sha256, last_modified=last_modified, parts=parts,
+        )
 
     @property
     def stale(self) -> bool:
@@ -293,8 +324,8 @@ class UpstreamRepodataCache:
         parsed = self._kept.records(connector, subdir, state)
         if parsed is None:
             return None
-        return UpstreamSnapshot(
-            connector.id, subdir, parsed.records, parsed.names, next(_generations), state.etag,
+        return UpstreamSnapshot.of(
+            connector.id, subdir, parsed, next(_generations), state.etag,
             self._validated_at(state, connector), sha256=state.sha256, last_modified=state.last_modified,
         )
 
@@ -382,12 +413,14 @@ class UpstreamRepodataCache:
                             connector, subdir, compressed, stored, etag=fetched.etag,
                             last_modified=fetched.last_modified, fetched_at=now, not_as_written=parsed.not_as_written,
                         )
-                snapshot = UpstreamSnapshot(
-                    connector.id, subdir, parsed.records, parsed.names, next(_generations), fetched.etag, now,
-                    sha256=sha256, last_modified=fetched.last_modified,
+                etag, last_modified = fetched.etag, fetched.last_modified
+                del fetched, compressed  # the document, before its records are cut into blocks
+                snapshot = UpstreamSnapshot.of(
+                    connector.id, subdir, parsed, next(_generations), etag, now,
+                    sha256=sha256, last_modified=last_modified,
                 )
+                del parsed
                 fetched_body = True
-                del fetched, compressed
         except CondagateError as exc:
             elapsed = int((time.perf_counter() - started) * 1000)
             with self._guard:

@@ -1,0 +1,112 @@
+"""A large subdir's records are read from its compressed blocks (``PartsRecords``) instead of a dict of
+their bytes: the mapping reads as the dict did, changes and encodings are the same bytes, and the
+shards built from it are the dict's shards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from condagate.conda.parts_records import PartsRecords
+from condagate.conda.repodata import FRAME_BYTES_ENV, RepodataParts, encode_repodata
+from condagate.conda.upstream_repodata import UpstreamRecords
+from condagate.services.subdir_snapshot import SubdirSnapshot, encode_subdir
+from condagate.store.packages import SubdirVersion
+from condagate.upstream.repodata_cache import UpstreamSnapshot
+
+from test_repodata_frames import records_of
+
+MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
+# Names JSON must escape, and ones at the edges of the sort order.
+ODD = {
+    'we"ird-1.0-0.conda': b'{"name":"we\\"ird","v":1}',
+    "caf\u00e9-1.0-0.tar.bz2": b'{"name":"caf\\u00e9"}',
+    "0-0-0.conda": b'{"name":"0"}',
+    "zzzz-9-9.conda": b'{\n  "name": "zzzz"\n}',
+}
+
+
+@pytest.fixture(autouse=True)
+def _sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FRAME_BYTES_ENV, raising=False)
+
+
+def _released(records: dict[str, bytes]) -> RepodataParts:
+    parts = RepodataParts.from_records(records, compress=True)
+    assert parts.is_released()
+    assert all(block._records is None and block._body is None for block in parts.blocks())
+    return parts
+
+
+def test_the_mapping_reads_as_the_dict():
+    records = {**records_of(30_000), **ODD}
+    view = PartsRecords(_released(records))
+    assert len(view) == len(records) and set(view) == set(records)
+    assert list(view) == sorted(fn for fn in records if fn.endswith(".tar.bz2")) + sorted(
+        fn for fn in records if fn.endswith(".conda")
+    )
+    assert dict(view.items()) == records
+    for filename in [*ODD, *list(records)[::997]]:
+        assert filename in view and view[filename] == records[filename] and view.get(filename) == records[filename]
+    for absent in ("pkg0-0-0.conda", "", "a.zip", "zzzzz-1-1.tar.bz2", "~-1-1.conda"):
+        assert absent not in view and view.get(absent) is None
+        with pytest.raises(KeyError):
+            view[absent]
+    assert 12 not in view  # type: ignore[comparison-overlap]
+
+
+def test_changes_to_released_blocks_encode_as_a_cold_build():
+    records = {**records_of(30_000, seed=2), **ODD}
+    parts = _released(records)
+    changed = parts.copy()
+    updates = {
+        next(iter(records)): b'{"name":"replaced"}',
+        "pkg1-1.99-new_0.conda": b'{"name":"pkg1"}',
+        'we"ird-1.0-0.conda': b'{"name":"we\\"ird","v":2}',
+    }
+    changed.put(updates.items())
+    assert changed.encode("linux-64") == encode_repodata("linux-64", {**records, **updates})
+    assert parts.encode("linux-64") == encode_repodata("linux-64", records)  # the original is unchanged
+    assert dict(PartsRecords(changed).items()) == {**records, **updates}
+
+
+def test_same_records_tells_released_blocks_by_their_pieces():
+    records = records_of(30_000, seed=3)
+    one, two = _released(records), _released(dict(records))
+    assert one.same_records(two)
+    filename = list(records)[1234]
+    other = _released({**records, filename: records[filename].replace(b'"build"', b'"build" ')})
+    assert not one.same_records(other)
+
+
+def test_a_large_upstream_snapshot_keeps_its_records_in_blocks_only():
+    records = records_of(30_000, seed=4)
+    names = {fn: fn.rsplit("-", 2)[0] for fn in records}
+    parsed = UpstreamRecords("linux-64", dict(records), names, 0, (), None)
+    snapshot = UpstreamSnapshot.of(1, "linux-64", parsed, 1, '"e"', 0.0)
+    assert isinstance(snapshot.records, PartsRecords) and snapshot.parts is snapshot.records.parts
+    assert parsed.records == {}  # the bytes are the blocks' now, not a dict's too
+    assert dict(snapshot.records.items()) == records
+
+    small = UpstreamRecords("linux-64", dict(records_of(50)), {}, 0, (), None)
+    assert UpstreamSnapshot.of(1, "linux-64", small, 1, '"e"', 0.0).records is small.records
+
+
+def test_shards_from_released_blocks_are_the_dicts_shards():
+    records = records_of(30_000, seed=5)
+    names = {fn: fn.rsplit("-", 2)[0] for fn in records}
+    parts = _released(records)
+    json_encoded, zst_encoded = encode_subdir(parts, "linux-64", MOMENT)
+
+    def snapshot(mapping) -> SubdirSnapshot:  # type: ignore[no-untyped-def]
+        return SubdirSnapshot(
+            subdir="linux-64", version=SubdirVersion(1, 1, None), upstream_version=(), local_records={},
+            local_names={}, records=mapping, names=names, built_at=MOMENT, json=json_encoded, zst=zst_encoded,
+        )
+
+    from_blocks, from_dict = snapshot(PartsRecords(parts)), snapshot(records)
+    assert {n: e[:2] for n, e in from_blocks.shards().items()} == {n: e[:2] for n, e in from_dict.shards().items()}
+    assert from_blocks.shard_index().body == from_dict.shard_index().body
+    digest = from_dict.shards()["pkg7"][1].hex()
+    assert from_blocks.shard_by_digest(digest) == from_dict.shard_by_digest(digest)
