@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from test_repodata_frames import records_of
 
 from condagate.conda.parts_records import PartsRecords
 from condagate.conda.repodata import FRAME_BYTES_ENV, RepodataParts, encode_repodata
@@ -14,8 +15,6 @@ from condagate.conda.upstream_repodata import UpstreamRecords
 from condagate.services.subdir_snapshot import SubdirSnapshot, encode_subdir
 from condagate.store.packages import SubdirVersion
 from condagate.upstream.repodata_cache import UpstreamSnapshot
-
-from test_repodata_frames import records_of
 
 MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
 # Names JSON must escape, and ones at the edges of the sort order.
@@ -53,7 +52,9 @@ def test_the_mapping_reads_as_the_dict():
         assert absent not in view and view.get(absent) is None
         with pytest.raises(KeyError):
             view[absent]
-    assert 12 not in view  # type: ignore[comparison-overlap]
+    assert 12 not in view and view.get(12) is None  # type: ignore[comparison-overlap, call-overload]
+    # More lookups one by one than the lookup memory keeps: every answer is still the dict's.
+    assert all(view[filename] == records[filename] for filename in list(records)[:9_000])
 
 
 def test_changes_to_released_blocks_encode_as_a_cold_build():
