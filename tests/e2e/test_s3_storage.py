@@ -24,13 +24,12 @@ import httpx
 import msgpack
 import pytest
 import zstandard
-from test_downloads_and_lifecycle import _wait_for
 from test_proxy_feed import make_proxy_feed
 
 from conftest import BACKENDS, backend_database_url, upload
 from rattler_client import solve_and_install
 from s3_server import S3Server, object_key, running_s3, server_env
-from servers import Server, condagate_command, start_server
+from servers import Server, condagate_command, start_server, wait_until
 from upstream_channel import UpstreamChannel
 
 MakePackage = Callable[..., Path]
@@ -297,7 +296,7 @@ def test_a_real_client_follows_presigned_redirects_to_the_store(
         lines = [line for line in redirecting.server.log().splitlines() if f"GET /conda/{feed}/" in line]
         return any('.conda 302"' in line for line in lines) and any('.tar.bz2 302"' in line for line in lines)
 
-    assert _wait_for(both_redirected)
+    assert wait_until(both_redirected)
 
 
 def _solve_and_install_through(stored: Stored, make_package: MakePackage, tmp_path: Path) -> str:
@@ -508,7 +507,7 @@ def test_redirected_downloads_are_counted(redirecting: Stored, make_package: Mak
         assert client.get(url, follow_redirects=True).content == path.read_bytes()
         assert client.head(url).status_code == 200  # a probe, not a download
         assert client.get(url, headers={"If-None-Match": client.head(url).headers["etag"]}).status_code == 304
-    assert _wait_for(lambda: _downloads(stored.server, feed, name) == {path.name: 2}), _downloads(
+    assert wait_until(lambda: _downloads(stored.server, feed, name) == {path.name: 2}), _downloads(
         stored.server, feed, name
     )
 
@@ -529,7 +528,7 @@ def test_a_feed_that_needs_a_key_refuses_an_anonymous_download_before_any_redire
         assert removed.status_code == 204, removed.text
     try:
         with server.client() as anonymous:
-            assert _wait_for(lambda: anonymous.get(url).status_code == 401)
+            assert wait_until(lambda: anonymous.get(url).status_code == 401)
             refused = anonymous.get(url)
             assert refused.status_code == 401 and "location" not in refused.headers
             assert refused.headers["www-authenticate"] == 'Basic realm="condagate"'
