@@ -4,6 +4,8 @@ shards built from it are the dict's shards."""
 
 from __future__ import annotations
 
+import json
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +13,7 @@ from test_repodata_frames import records_of
 
 from condagate.conda.parts_records import PartsRecords
 from condagate.conda.repodata import FRAME_BYTES_ENV, RepodataParts, encode_repodata
-from condagate.conda.upstream_repodata import UpstreamRecords
+from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
 from condagate.services.subdir_snapshot import SubdirSnapshot, encode_subdir
 from condagate.store.packages import SubdirVersion
 from condagate.upstream.repodata_cache import UpstreamSnapshot
@@ -91,7 +93,45 @@ def test_a_large_upstream_snapshot_keeps_its_records_in_blocks_only():
     assert dict(snapshot.records.items()) == records
 
     small = UpstreamRecords("linux-64", dict(records_of(50)), {}, 0, (), None)
-    assert UpstreamSnapshot.of(1, "linux-64", small, 1, '"e"', 0.0).records is small.records
+    kept = UpstreamSnapshot.of(1, "linux-64", small, 1, '"e"', 0.0)
+    assert kept.records is small.records and kept.parts is None  # no second copy of a small one's JSON
+
+
+def test_a_refresh_checked_against_blocks_in_any_order_reads_as_against_the_dict():
+    """A new document's records are looked up in the last snapshot's in the document's order, which
+    need not be the blocks' (the parse reads them through one walk of the blocks)."""
+    rnd = random.Random(6)
+    records = {}
+    for i in range(20_000):
+        name, extension = f"pkg{rnd.randrange(3_000)}", ".conda" if i % 3 else ".tar.bz2"
+        record = {
+            "build": f"h{i:08x}_0", "build_number": 0, "depends": [f"dep{rnd.randrange(500)}"],
+            "md5": rnd.randbytes(16).hex(), "name": name, "sha256": rnd.randbytes(32).hex(), "size": 1 + i,
+            "subdir": "linux-64", "version": f"1.{i}",
+        }
+        records[f"{name}-1.{i}-h{i:08x}_0{extension}"] = json.dumps(record, separators=(",", ":")).encode()
+    body = encode_repodata("linux-64", records)
+    assert len(parse_upstream_repodata(body).records) == len(records)
+    previous = parse_upstream_repodata(body)
+    snapshot = UpstreamSnapshot.of(1, "linux-64", parse_upstream_repodata(body), 1, '"e"', 0.0)
+    assert isinstance(snapshot.records, PartsRecords)
+    shuffled = list(records.items())
+    random.Random(6).shuffle(shuffled)
+    changed = dict(shuffled[:-1])  # one gone, in another order
+    document = json.dumps({"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": {}}).encode()
+    document = document.replace(
+        b'"packages.conda": {}',
+        b'"packages.conda": {' + b",".join(json.dumps(fn).encode() + b":" + raw for fn, raw in changed.items()
+                                        if fn.endswith(".conda")) + b"}",
+    ).replace(
+        b'"packages": {}',
+        b'"packages": {' + b",".join(json.dumps(fn).encode() + b":" + raw for fn, raw in changed.items()
+                                   if fn.endswith(".tar.bz2")) + b"}",
+    )
+    against_blocks = parse_upstream_repodata(document, checked=snapshot)
+    against_dict = parse_upstream_repodata(document, checked=previous)
+    assert against_blocks.records == against_dict.records == changed
+    assert against_blocks.names == against_dict.names
 
 
 def test_shards_from_released_blocks_are_the_dicts_shards():

@@ -137,10 +137,42 @@ def test_unused_files_go_and_a_listed_one_comes_back(services: Services):
     stray = _folder(services) / ".writing-crashed"
     stray.write_bytes(b"half")
     os.utime(stray, (old, old))
-    services.repodata._shard_files.of_feed(FEED_ID).prune()  # type: ignore[union-attr]
+    services.repodata._shard_files.prune()  # type: ignore[union-attr]
     assert list(_folder(services).iterdir()) == []
     digest, body = expected["three"]
     assert services.repodata.shard(FEED_ID, snapshot, "noarch", digest.hex()) == body
+
+
+def test_unused_files_go_even_while_nothing_can_be_written(tmp_path: Path):
+    """A full disk is when unused files must go: a failed write prunes as a good one does."""
+    files = ShardFiles(tmp_path / "shards")
+    old_body = b"an old shard"
+    old_digest = hashlib.sha256(old_body).digest()
+    assert files.of_feed(1).put(old_digest, old_body)
+    old_file = tmp_path / "shards" / "1" / (old_digest.hex() + ".msgpack.zst")
+    long_ago = time.time() - shard_files.UNUSED_SECONDS - 60
+    os.utime(old_file, (long_ago, long_ago))
+    (tmp_path / "shards" / "2").write_bytes(b"a file where feed 2's folder goes: its writes fail")
+    files = ShardFiles(tmp_path / "shards")  # another process: it has not pruned yet
+    body = b"a new shard"
+    assert files.of_feed(2).put(hashlib.sha256(body).digest(), body) is False
+    assert not old_file.exists()
+
+
+def test_a_subdir_that_becomes_small_still_serves_the_shards_in_files(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Its next snapshots keep the entries of unchanged names, whose bodies are in files."""
+    expected = _in_memory(services)
+    _spilled(services.repodata.snapshot(feed_id=FEED_ID, subdir="noarch"))
+    monkeypatch.delenv(FRAME_BYTES_ENV)  # the subdir is small again
+    _upload(services, write_package(tmp_path, PackageSpec("four")))
+    small = services.repodata.snapshot(feed_id=FEED_ID, subdir="noarch")
+    assert not small.json.is_deferred() and small.shards()["one"][2] == IN_FILE
+    for name in ("one", "two", "three"):
+        digest, body = expected[name]
+        assert services.repodata.shard(FEED_ID, small, "noarch", digest.hex()) == body
+    assert small.shards()["four"][2]  # a new small subdir's shard is kept in memory
 
 
 def test_names_are_checked_and_feeds_are_apart(tmp_path: Path):

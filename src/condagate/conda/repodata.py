@@ -139,11 +139,12 @@ class _Block:
     def release(self) -> int:
         """Let go of the JSON bytes and the records once compressed (only ``piece`` is needed to serve
         them; the records' lengths are kept to cut them out again); how many JSON bytes."""
+        records = self._records  # read once: two threads may release a block two versions share
         if self._piece is None or self._body is None:
             return 0
-        if self._records is not None:
-            self._lengths = array.array("I", map(len, self._records))
-            _recently_cut.put(self, self._records)  # a block just changed is likely read again soon
+        if records is not None:
+            self._lengths = array.array("I", map(len, records))
+            _recently_cut.put(self, records)  # a block just changed is likely read again soon
             self._records = None
         self._body = None
         return self.size

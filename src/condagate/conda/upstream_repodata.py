@@ -180,6 +180,10 @@ def parse_upstream_repodata(
 
     ``checked``: records this function returned before (the last snapshot's): one whose file name and
     bytes are unchanged is not checked again. A refresh of a big channel changes few records."""
+    if checked is not None and not isinstance(checked.records, dict):
+        # Records kept compressed in blocks (``conda.parts_records``) are read in the document's order
+        # here, which need not be theirs: one walk of the blocks into a dict, for this parse only.
+        checked = UpstreamRecords(None, dict(checked.records.items()), dict(checked.names))
     # doc, packages, record: a record's containers open at most MAX_DEPTH levels below that.
     document = _decode_whole(body) if nests_at_most(body, 3 + MAX_DEPTH) else None
     collected = _Collected(name_filter)

@@ -124,6 +124,7 @@ class Services:
         self.access_log.flush(self.access.take_last_used())
 
     def close(self) -> None:
+        self.repodata.close()
         self.upstream.close()
         self.flush()
         self.http.close()

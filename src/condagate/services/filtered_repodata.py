@@ -90,13 +90,13 @@ class FilteredSubdir:
             if self._shards is None:
                 touched = {self.snapshot.names[fn] for fn in self.hidden if fn in self.snapshot.names}
                 shards = {name: entry for name, entry in base.items() if name not in touched}
-                for name in touched:
+                for name in sorted(touched):  # file-name order: each block of records cut once
                     kept = sorted(fn for fn in by_name.get(name, []) if fn not in self.hidden)
                     if kept:
                         shards[name] = encode_keyed_shard(self.snapshot.records, shard_key(self.snapshot.records, kept))
                 by_digest = {entry[1].hex(): entry[2] for entry in shards.values()}
                 self._shards, self._shards_by_digest = shards, by_digest
-                if self.snapshot.shard_files is not None:
+                if self.snapshot.shard_files is not None and self.snapshot.spill_shards:
                     self._spilling = spill_later(shards, by_digest, self.snapshot.shard_files)
             return self._shards
 

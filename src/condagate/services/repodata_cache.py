@@ -334,7 +334,8 @@ class RepodataCache:
             _changed_names=changed_names,
             _parts=parts,
             _by_name=by_name,
-            shard_files=self._shard_files.of_feed(feed_id) if large and self._shard_files is not None else None,
+            shard_files=self._shard_files.of_feed(feed_id) if self._shard_files is not None else None,
+            spill_shards=large,
         )
 
     def _retire(self, feed_id: int, subdir: str, shards: dict[str, ShardEntry]) -> None:
@@ -388,7 +389,7 @@ class RepodataCache:
     def shard(self, feed_id: int, served: Served, subdir: str, digest_hex: str) -> bytes | None:
         """A shard the served view lists, or one it listed before (a client may hold an older index)."""
         body = served.shard_by_digest(digest_hex)
-        if body is not None:
+        if body:
             return body
         retired = self._retired_shards.get((feed_id, subdir, digest_hex))
         if retired == IN_FILE and self._shard_files is not None:
@@ -426,6 +427,10 @@ class RepodataCache:
         encoded = Encoded(body, etag_of(body, "channeldata"), datetime.now(UTC).replace(microsecond=0))
         self._channeldata[feed_id] = (state, encoded)
         return encoded
+
+    def close(self) -> None:
+        if self._shard_files is not None:
+            self._shard_files.close()
 
     def forget_feed(self, feed_id: int) -> None:
         for key in [key for key in self._snapshots if key[0] == feed_id]:

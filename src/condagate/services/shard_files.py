@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 UNUSED_SECONDS = 60 * 60
 RETRY_SECONDS = 60.0  # after a failed write nothing is written for this long (bodies stay in memory)
-_PRUNE_EVERY = 10 * 60.0  # seconds between two looks for unused files, per process
+_PRUNE_EVERY = 10 * 60.0  # seconds between two looks for unused files (every feed's), per process
 _TOUCH_EVERY = 10 * 60.0  # a read file's mtime is moved at most this often per process
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = ".msgpack.zst"
@@ -43,13 +43,56 @@ class ShardFiles:
         self._guard = threading.Lock()
         self._touched: dict[str, float] = {}  # path -> when this process last wrote, found or touched it
         self._failed_at: float | None = None
-        self._pruned_at: dict[int, float] = {}
+        self._pruned_at: float | None = None
         # One writer per process: a large subdir's first shard index does not wait for its ~16,000 files.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="shard-files")
 
     def later(self, work: Callable[[], int]) -> Future[int]:
         """``work`` on this process's shard file writer."""
         return self._writer.submit(work)
+
+    def close(self) -> None:
+        """Stop the writer (what is queued is dropped: the bodies stay where they are)."""
+        self._writer.shutdown(wait=True, cancel_futures=True)
+
+    def prune_now_and_then(self) -> None:
+        """``prune`` at most every ``_PRUNE_EVERY`` seconds per process (any caller may ask)."""
+        now = time.monotonic()
+        with self._guard:
+            if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY:
+                return
+            self._pruned_at = now
+        self.prune()
+
+    def prune(self) -> None:
+        """Remove the files (and crashed writers' temp files) nobody read or wrote for ``UNUSED_SECONDS``
+        in every feed's folder, and the folders left empty (a feed deleted by another process). Never
+        fails: what cannot be removed now is left for the next time."""
+        cutoff = time.time() - UNUSED_SECONDS
+        try:
+            folders = [entry for entry in os.scandir(self.folder) if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("could not list %s to remove unused shards: %s", self.folder, exc)
+            return
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder.path))
+            except OSError as exc:
+                log.warning("could not list %s to remove unused shards: %s", folder.path, exc)
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("could not remove %s: %s", entry.path, exc)
+            with contextlib.suppress(OSError):  # not empty, gone, or changed lately: left alone
+                if folder.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.rmdir(folder.path)
 
     def of_feed(self, feed_id: int) -> FeedShardFiles:
         return FeedShardFiles(self, feed_id)
@@ -75,6 +118,7 @@ class FeedShardFiles:
         a damaged file's bytes); ``False`` when it cannot be written (the caller keeps the body), without
         trying for ``RETRY_SECONDS`` after a failure."""
         files = self._files
+        files.prune_now_and_then()  # whatever comes of this write: a full disk needs it most
         path = self._path(digest.hex())
         if not replace and self._found(path):
             return True
@@ -88,7 +132,6 @@ class FeedShardFiles:
             log.warning("could not write shard files to %s (kept in memory for now): %s", self.folder, exc)
             return False
         files._failed_at = None
-        self._prune_now_and_then()
         return True
 
     def get(self, digest_hex: str) -> bytes | None:
@@ -145,31 +188,3 @@ class FeedShardFiles:
                 os.unlink(temp)
             raise
         self._files._touched[str(path)] = time.monotonic()
-
-    def _prune_now_and_then(self) -> None:
-        files = self._files
-        now = time.monotonic()
-        with files._guard:
-            pruned_at = files._pruned_at.get(self._feed_id)
-            if pruned_at is not None and now - pruned_at < _PRUNE_EVERY:
-                return
-            files._pruned_at[self._feed_id] = now
-        self.prune()
-
-    def prune(self) -> None:
-        """Remove the files (and crashed writers' temp files) nobody read or wrote for ``UNUSED_SECONDS``.
-        Never fails: what cannot be removed now is left for the next time."""
-        cutoff = time.time() - UNUSED_SECONDS
-        try:
-            entries = list(os.scandir(self.folder))
-        except OSError as exc:
-            log.warning("could not list %s to remove unused shards: %s", self.folder, exc)
-            return
-        for entry in entries:
-            try:
-                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("could not remove %s: %s", entry.path, exc)

@@ -63,8 +63,10 @@ def spill(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], files: Fee
     for name in names:
         key, digest, body = shards[name]
         if body and files.put(digest, body):
-            shards[name] = (key, digest, IN_FILE)
+            # ``by_digest`` first: a next snapshot copies ``shards``, then ``by_digest``, so a body its
+            # copy of ``by_digest`` still holds is one its copy of ``shards`` holds too, and spills.
             by_digest[digest.hex()] = IN_FILE
+            shards[name] = (key, digest, IN_FILE)
             moved += len(body)
     return moved
 
@@ -93,15 +95,16 @@ def shard_body(
     """The bytes of the listed shard ``digest_hex``: kept, or read from its file, or (the file went: unused
     for long, or damaged) encoded again from its records and written back."""
     body = by_digest.get(digest_hex)
-    if body != IN_FILE or files is None:
+    if body != IN_FILE:
         return body
-    found = files.get(digest_hex)
+    found = files.get(digest_hex) if files is not None else None
     if found is not None:
         return found
     for key, digest, _body in shards.values():
         if digest.hex() == digest_hex:  # a linear search, once per lost file
             _key, digest, body = encode_keyed_shard(records, key)
-            files.put(digest, body, replace=True)
+            if files is not None:
+                files.put(digest, body, replace=True)
             return body
     return None
 
@@ -224,8 +227,10 @@ class SubdirSnapshot:
     _shards_by_digest: dict[str, bytes] | None = None
     _bz2: Encoded | None = None
     _by_name: dict[str, list[str]] | None = None
-    # A large subdir's shard bodies go to this host's files (``services.shard_files``); None: kept here.
+    # This host's shard files (``services.shard_files``): a large subdir's bodies go there (``spill_shards``);
+    # any snapshot may list shards of an earlier large one, read from there. None: every body kept here.
     shard_files: FeedShardFiles | None = None
+    spill_shards: bool = False
     _spilling: Future[int] | None = None  # the bodies on their way to ``shard_files``
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # bz2 of a big subdir takes many seconds: it must not hold up shard or listing requests.
@@ -280,7 +285,7 @@ class SubdirSnapshot:
             if self._shards is None:
                 shards, by_digest = self._build_shards()
                 self._shards, self._shards_by_digest = shards, by_digest
-                if self.shard_files is not None:
+                if self.shard_files is not None and self.spill_shards:
                     self._spilling = spill_later(shards, by_digest, self.shard_files)
                 self._shard_index = None
             return self._shards
@@ -340,7 +345,7 @@ class SubdirSnapshot:
             if len(seen) == len(by_name[name]):
                 del open_names[name]
                 shards[name] = self._shard_of(name, seen, previous)
-        for name, seen in open_names.items():  # a file name without a record: not listed, as before
+        for name, seen in open_names.items():  # not seen whole (names without records): what it has
             shards[name] = self._shard_of(name, seen, previous)
         return shards, {entry[1].hex(): entry[2] for entry in shards.values()}
 

@@ -67,7 +67,7 @@ class UpstreamSnapshot:
     error_at: float | None = None
     sha256: str = ""  # the kept body's blob ("" when it could not be kept)
     last_modified: str = ""
-    parts: RepodataParts | None = None  # the records cut into blocks (compressed when large), for merges
+    parts: RepodataParts | None = None  # a large subdir's records cut into compressed blocks, for merges
 
     @classmethod
     def of(
@@ -81,16 +81,18 @@ class UpstreamSnapshot:
         sha256: str = "",
         last_modified: str = "",
     ) -> UpstreamSnapshot:
-        """A snapshot of ``parsed``: its records cut into blocks; a large subdir's compressed and read
-        from them (``PartsRecords``): ``parsed.records`` is then emptied, so that the record bytes are
-        not kept a second time."""
-        parts = RepodataParts.from_records(parsed.records, compress=True)
+        """A snapshot of ``parsed``. A large subdir's records are cut into compressed blocks and read from
+        them (``PartsRecords``): ``parsed.records`` is then emptied, so that the record bytes are not
+        kept a second time. A small one's stay the parsed dict."""
+        parts: RepodataParts | None = RepodataParts.from_records(parsed.records, compress=True)
         records: Mapping[str, bytes] = parsed.records
-        if parts.is_released():
+        if parts is not None and parts.is_released():
             records = PartsRecords(parts)
             freed = len(parsed.records) * 512  # ~0.5 kB of bytes per record
             parsed.records.clear()
             return_freed_memory(freed)
+        else:
+            parts = None  # a small subdir: its records stay a dict, its JSON is not kept a second time
         return cls(
             connector_id, subdir, records, parsed.names, generation, etag, checked_at,
             sha256=sha256, last_modified=last_modified, parts=parts,
