@@ -23,6 +23,7 @@ from pathlib import Path
 
 from condagate.process_memory import return_freed_memory
 from condagate.services.subdir_snapshot import Encoded
+from condagate.services.unused_files import listed, remove_if_unused
 
 log = logging.getLogger(__name__)
 
@@ -125,23 +126,11 @@ class EncodedFiles:
         crashed writer's temp file) nobody touched for ``UNUSED_SECONDS``. Never fails: what cannot be
         removed now is left for the next time."""
         now = time.time()
-        try:
-            entries = list(os.scandir(self.folder))
-        except OSError as exc:
-            log.warning("could not list %s to remove unused files: %s", self.folder, exc)
-            return
-        for entry in entries:
+        for entry in listed(self.folder):
             if entry.name == keep:
                 continue
             superseded = entry.name.startswith(group + ".")
-            cutoff = now - (SUPERSEDED_SECONDS if superseded else UNUSED_SECONDS)
-            try:
-                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
-            except FileNotFoundError:
-                continue  # another worker removed it
-            except OSError as exc:
-                log.warning("could not remove %s: %s", entry.path, exc)
+            remove_if_unused(entry, now - (SUPERSEDED_SECONDS if superseded else UNUSED_SECONDS))
         forget = time.monotonic() - UNUSED_SECONDS
         self._touched = {name: at for name, at in self._touched.items() if at >= forget}
 

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from condagate.services.unused_files import listed, remove_if_unused
+
 log = logging.getLogger(__name__)
 
 UNUSED_SECONDS = 60 * 60
@@ -69,27 +71,11 @@ class ShardFiles:
         in every feed's folder, and the folders left empty (a feed deleted by another process). Never
         fails: what cannot be removed now is left for the next time."""
         cutoff = time.time() - UNUSED_SECONDS
-        try:
-            folders = [entry for entry in os.scandir(self.folder) if entry.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.warning("could not list %s to remove unused shards: %s", self.folder, exc)
-            return
-        for folder in folders:
-            try:
-                entries = list(os.scandir(folder.path))
-            except OSError as exc:
-                log.warning("could not list %s to remove unused shards: %s", folder.path, exc)
+        for folder in listed(self.folder):
+            if not folder.is_dir(follow_symlinks=False):
                 continue
-            for entry in entries:
-                try:
-                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    log.warning("could not remove %s: %s", entry.path, exc)
+            for entry in listed(folder.path):
+                remove_if_unused(entry, cutoff)
             with contextlib.suppress(OSError):  # not empty, gone, or changed lately: left alone
                 if folder.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.rmdir(folder.path)
