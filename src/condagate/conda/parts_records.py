@@ -60,7 +60,7 @@ class PartsRecords(Mapping[str, bytes]):
         if found is None:
             raise KeyError(filename)
         block, position = found
-        record = self._records_of(block)[position]
+        record = block.records[position]  # a released block's: the last few cut are kept (``_RecentlyCut``)
         if len(self._looked_up) >= _LOOKED_UP_KEPT:
             self._looked_up = {}
         self._looked_up[filename] = record
@@ -82,10 +82,7 @@ class PartsRecords(Mapping[str, bytes]):
     def pairs(self) -> Iterator[tuple[str, bytes]]:
         """(file name, record) in file name order, each block's records cut once."""
         for block in self._parts.blocks():
-            yield from zip(block.names, self._records_of(block), strict=True)
-
-    def _records_of(self, block: _Block) -> list[bytes]:
-        return block.records  # a released block's: the last few cut are kept (``repodata._RecentlyCut``)
+            yield from zip(block.names, block.records, strict=True)
 
 
 class _Items(ItemsView[str, bytes]):

@@ -84,15 +84,14 @@ class UpstreamSnapshot:
         """A snapshot of ``parsed``. A large subdir's records are cut into compressed blocks and read from
         them (``PartsRecords``): ``parsed.records`` is then emptied, so that the record bytes are not
         kept a second time. A small one's stay the parsed dict."""
-        parts: RepodataParts | None = RepodataParts.from_records(parsed.records, compress=True)
+        cut = RepodataParts.from_records(parsed.records, compress=True)
         records: Mapping[str, bytes] = parsed.records
-        if parts is not None and parts.is_released():
-            records = PartsRecords(parts)
+        parts = None  # a small subdir: its records stay a dict, its JSON is not kept a second time
+        if cut.is_released():
+            records, parts = PartsRecords(cut), cut
             freed = len(parsed.records) * 512  # ~0.5 kB of bytes per record
             parsed.records.clear()
             return_freed_memory(freed)
-        else:
-            parts = None  # a small subdir: its records stay a dict, its JSON is not kept a second time
         return cls(
             connector_id, subdir, records, parsed.names, generation, etag, checked_at,
             sha256=sha256, last_modified=last_modified, parts=parts,
