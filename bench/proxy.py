@@ -92,8 +92,10 @@ def write_repodata(folder: Path, body: bytes) -> None:
     (folder / "repodata.json.zst").write_bytes(compressor.compress(body))
 
 
-def big_repodata(records: int, names: int, seed: int = 20261125) -> tuple[bytes, int]:
-    """conda-forge-like linux-64 repodata as JSON bytes (written as text: every value is plain ASCII).
+def big_repodata(records: int, names: int, seed: int = 20261125, in_order: bool = True) -> tuple[bytes, int]:
+    """conda-forge-like linux-64 repodata as JSON bytes (written as text: every value is plain ASCII),
+    its records in file name order as channel indexers write them (``in_order``; conda-index and
+    conda-build ``json.dumps(..., sort_keys=True)``), else in the order they were drawn.
 
     Names are drawn with a skew (a few names have thousands of builds, most a dozen or so), as on
     conda-forge; ~70 % .conda, ~30 % .tar.bz2; 1-8 depends, 0-2 constrains; random md5/sha256."""
@@ -133,6 +135,9 @@ def big_repodata(records: int, names: int, seed: int = 20261125) -> tuple[bytes,
             conda.append(f'"{name}-{version}-{build}.conda":{record}')
         else:
             tar_bz2.append(f'"{name}-{version}-{build}.tar.bz2":{record}')
+    if in_order:
+        for entries in (conda, tar_bz2):
+            entries.sort(key=lambda entry: entry[1 : entry.index('"', 1)])
     text = ('{"info":{"subdir":"linux-64"},"packages":{' + ",".join(tar_bz2) + '},"packages.conda":{'
             + ",".join(conda) + '},"removed":[],"repodata_version":1}')
     return text.encode(), len(used)

@@ -90,7 +90,8 @@ def connector(url: str = "https://channel.example/conda", **fields: object) -> C
 
 def fetch(upstreams: FakeUpstreams, conn: ConnectorConfig, **kwargs: object) -> bytes | None:
     with upstreams.client() as client:
-        return fetch_repodata(client, conn, "linux-64", resolver=resolver, **kwargs).body  # type: ignore[arg-type]
+        document = fetch_repodata(client, conn, "linux-64", resolver=resolver, **kwargs).document()
+        return document.whole() if document is not None else b""
 
 
 def open_package(upstreams: FakeUpstreams, conn: ConnectorConfig, filename: str = "a-1-0.conda") -> httpx.Response:

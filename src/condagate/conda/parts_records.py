@@ -10,6 +10,8 @@ merges, SCA views) decompresses each block once.
 from __future__ import annotations
 
 import bisect
+import heapq
+import operator
 from collections.abc import ItemsView, Iterator, Mapping
 
 from condagate.conda.repodata import RepodataParts, _Block, kind_of
@@ -83,6 +85,17 @@ class PartsRecords(Mapping[str, bytes]):
         """(file name, record) in file name order, each block's records cut once."""
         for block in self._parts.blocks():
             yield from zip(block.names, block.records, strict=True)
+
+    def merged_pairs(self) -> Iterator[tuple[str, bytes]]:
+        """``pairs`` of both kinds merged into one file name order, so that a package name's .tar.bz2
+        and .conda files come together (in ``pairs`` they are the whole ``packages`` object apart)."""
+        kinds = [_pairs_of(blocks) for blocks in self._blocks]
+        return heapq.merge(*kinds, key=operator.itemgetter(0))
+
+
+def _pairs_of(blocks: list[_Block]) -> Iterator[tuple[str, bytes]]:
+    for block in blocks:
+        yield from zip(block.names, block.records, strict=True)
 
 
 class _Items(ItemsView[str, bytes]):

@@ -76,7 +76,7 @@ def spliced_zst(json_size: int) -> bool:
     return json_size >= ZSTD_LARGE_BYTES or frame_bytes_setting() is not None
 
 
-def _cut_every() -> int:
+def cut_every() -> int:
     return max(1, (frame_bytes_setting() or DEFAULT_FRAME_BYTES) // _TYPICAL_RECORD_BYTES)
 
 
@@ -210,14 +210,14 @@ class RepodataParts:
         """``compress``: once the JSON is known to be large (spliced), each block is compressed as soon
         as it is cut and lets go of its JSON, so that a large subdir's JSON is never all in memory
         besides its records."""
-        every = _cut_every()
+        every = cut_every()
         blocks: tuple[list[_Block], list[_Block]] = ([], [])
-        compressing = _Compressing() if compress else None
+        compressing = Compressing() if compress else None
         for kind, suffix in enumerate(_KINDS):
             names = sorted(fn for fn in records if fn.endswith(suffix))
             if exclude:
                 names = [fn for fn in names if fn not in exclude]
-            for block in _cut(names, list(map(records.__getitem__, names)), every, first=True):
+            for block in cut_blocks(names, list(map(records.__getitem__, names)), every, first=True):
                 blocks[kind].append(block)
                 if compressing is not None:
                     compressing.add(block)
@@ -253,7 +253,7 @@ class RepodataParts:
                 blocks = self._blocks[kind]
                 for at in sorted(pending, reverse=True):  # splitting shifts only what follows
                     names, records = pending[at]
-                    blocks[at : at + 1] = list(_cut(names, records, self._every, first=at == 0))
+                    blocks[at : at + 1] = list(cut_blocks(names, records, self._every, first=at == 0))
 
     def __len__(self) -> int:
         return sum(len(block.names) for kind in self._blocks for block in kind)
@@ -346,12 +346,15 @@ class _Lasts(Sequence[str]):
         return names[-1] if names else ""
 
 
-def _cut(names: list[str], records: list[bytes], every: int, first: bool) -> Iterator[_Block]:
+def cut_blocks(
+    names: list[str], records: list[bytes], every: int, first: bool, final: bool = True
+) -> Iterator[_Block]:
     """Blocks of consecutive records, each ending after a name whose checksum ``every`` divides
-    (``_quoted_names``), or at the end; ``first``: these records open their object (no comma before)."""
+    (``_quoted_names``), or at the end; ``first``: these records open their object (no comma before);
+    not ``final``: more records follow, so the ones after the last such name are left out."""
     quoted, checksums = _quoted_names(names, first)
     ends = [index + 1 for index, checksum in enumerate(checksums) if checksum % every == 0]
-    if not ends or ends[-1] != len(names):
+    if final and (not ends or ends[-1] != len(names)):
         ends.append(len(names))  # the last block ends with the object, wherever that falls
     start = 0
     for end in ends:
@@ -360,7 +363,7 @@ def _cut(names: list[str], records: list[bytes], every: int, first: bool) -> Ite
             start = end
 
 
-class _Compressing:
+class Compressing:
     """Blocks compressed on the pool while more are cut, once the JSON is past the size from which it is
     spliced (``spliced_zst``: then it is whatever comes after); each lets go of its JSON when done. A
     few blocks in flight at a time."""

@@ -4,7 +4,7 @@ conda-forge's linux-64 repodata has hundreds of thousands of records; each is ke
 bytes (msgspec ``Raw``), keyed by file name, once ``record_checks`` has passed it. Upstreams are not
 trusted: a record that would break the subdir for clients is dropped and counted; only a document
 that is not repodata at all is refused. A cheap scan bounds the document's nesting before msgspec
-(which recurses) sees it; a document msgspec cannot take whole is cut into records by ``_Scanner``.
+(which recurses) sees it; a document msgspec cannot take whole is cut into records by ``Scanner``.
 A document condagate checked before (its kept copy, after a restart) is read again by
 ``reload_checked_repodata`` without the per-record checks, bar the records they did not pass as they were.
 """
@@ -32,6 +32,7 @@ from condagate.conda.record_checks import (
     nests_at_most,
     shown,
 )
+from condagate.conda.repodata import RepodataParts
 from condagate.errors import BadRequest
 
 MAX_REASONS = 10  # the first dropped records, with why, for the connector's page and the log
@@ -69,9 +70,12 @@ class UpstreamRecords:
     # The file names whose records were dropped or rewritten (every other record is served as it was
     # written); None for a document read by the scanner, which ``reload_checked_repodata`` cannot take.
     not_as_written: frozenset[str] | None = None
+    # A large subdir read in file name order (``upstream_stream``): its records cut into compressed
+    # blocks as they were read, ``records`` then empty.
+    parts: RepodataParts | None = None
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.parts) if self.parts is not None else len(self.records)
 
 
 class KnownRecords(Protocol):
@@ -84,7 +88,7 @@ class KnownRecords(Protocol):
     def names(self) -> Mapping[str, str]: ...
 
 
-class _Collected:
+class Collected:
     """The records a parse keeps, the ones it drops and why, and which are not served as written."""
 
     def __init__(self, name_filter: NameFilter | None) -> None:
@@ -98,14 +102,30 @@ class _Collected:
         allows = self.allows
         # One string per package name, not one per record: ~28 MB less per 500,000 records, ~15 ms.
         names = list(map(sys.intern, names))
-        if allows is None:
-            self.records.update(zip(filenames, records, strict=True))
-            self.names.update(zip(filenames, names, strict=True))
-            return
-        for filename, name, record in zip(filenames, names, records, strict=True):
-            if allows(name):
-                self.records[filename] = record
-                self.names[filename] = name
+        if allows is not None:
+            kept = [i for i, name in enumerate(names) if allows(name)]
+            if len(kept) < len(names):
+                filenames, names = [filenames[i] for i in kept], [names[i] for i in kept]
+                records = [records[i] for i in kept]
+        self.store(filenames, names, records)
+
+    def store(self, filenames: list[str], names: list[str], records: list[bytes]) -> None:
+        self.records.update(zip(filenames, records, strict=True))
+        self.names.update(zip(filenames, names, strict=True))
+
+    def keep_as_written(self, group: dict[str, msgspec.Raw], not_as_written: frozenset[str]) -> None:
+        """Records that passed the checks as written before (``reload_checked_repodata``), bar the ones
+        ``not_as_written`` names: those are checked again."""
+        filenames = list(group)
+        records = list(map(bytes, group.values()))
+        names = [filename.rsplit("-", 2)[0] for filename in filenames]
+        named = [i for i, filename in enumerate(filenames) if filename in not_as_written] if not_as_written else []
+        start = 0  # kept in the document's order: the named records are checked where they stand
+        for index in named:
+            self.keep(filenames[start:index], names[start:index], records[start:index])
+            self.check_each([(filenames[index], records[index], "")], None)
+            start = index + 1
+        self.keep(filenames[start:], names[start:], records[start:])
 
     def check_each(self, entries: Iterable[_Entry], checked: KnownRecords | None) -> None:
         """Check records one by one (those ``checked`` holds with the same bytes are taken as they were)."""
@@ -186,7 +206,7 @@ def parse_upstream_repodata(
         checked = UpstreamRecords(None, dict(checked.records.items()), dict(checked.names))
     # doc, packages, record: a record's containers open at most MAX_DEPTH levels below that.
     document = _decode_whole(body) if nests_at_most(body, 3 + MAX_DEPTH) else None
-    collected = _Collected(name_filter)
+    collected = Collected(name_filter)
     if document is None:
         subdir, entries = _scan(body)
         collected.check_each(entries, checked)
@@ -224,18 +244,9 @@ def reload_checked_repodata(
         document = _decode_repodata(body)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    collected = _Collected(name_filter)
+    collected = Collected(name_filter)
     for group in (document.packages, document.packages_conda):
-        filenames = list(group)
-        records = list(map(bytes, group.values()))
-        names = [filename.rsplit("-", 2)[0] for filename in filenames]
-        named = [i for i, filename in enumerate(filenames) if filename in not_as_written] if not_as_written else []
-        start = 0  # kept in the document's order: the named records are checked where they stand
-        for index in named:
-            collected.keep(filenames[start:index], names[start:index], records[start:index])
-            collected.check_each([(filenames[index], records[index], "")], None)
-            start = index + 1
-        collected.keep(filenames[start:], names[start:], records[start:])
+        collected.keep_as_written(group, not_as_written)
     return collected.result(document.info.subdir if document.info else None, not_as_written)
 
 
@@ -270,7 +281,7 @@ _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
 
 def _scan(body: bytes) -> tuple[str | None, Iterator[_Entry]]:
     """Read the top levels without recursion: a record too deep, or not JSON, is dropped on its own."""
-    scanner = _Scanner(body)
+    scanner = Scanner(body)
     subdir: str | None = None
     groups: list[list[_Entry]] = []
     for token in scanner.members():
@@ -296,7 +307,7 @@ def _scan(body: bytes) -> tuple[str | None, Iterator[_Entry]]:
     return subdir, (entry for group in groups for entry in group)
 
 
-class _Scanner:
+class Scanner:
     """A cursor over a JSON document that steps over values by their brackets, with a stack of its own."""
 
     def __init__(self, body: bytes) -> None:

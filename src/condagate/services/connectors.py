@@ -11,7 +11,8 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from condagate.conda.subdirs import KNOWN_SUBDIRS, require_known_subdir
-from condagate.conda.upstream_repodata import UpstreamRepodataInvalid, parse_upstream_repodata
+from condagate.conda.upstream_repodata import UpstreamRepodataInvalid
+from condagate.conda.upstream_stream import parse_document
 from condagate.errors import BadRequest, CondagateError, Conflict, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from condagate.security import secretbox
 from condagate.services.blob_cleanup import delete_if_unused
@@ -226,10 +227,10 @@ def check_upstream(services: Services, config: ConnectorConfig) -> UpstreamCheck
     where = f"{config.url.rstrip('/')}/{subdir}/"
     started = time.perf_counter()
     try:
-        fetched = fetch_repodata(services.http, config, subdir)
-        if fetched.missing or fetched.body is None:
+        document = fetch_repodata(services.http, config, subdir).document()
+        if document is None:
             raise NotACondaChannel(f"{where} has no repodata.json: is {config.url} a conda channel? {_SKIP_CHECK}")
-        parsed = parse_upstream_repodata(fetched.body, config.name_filter)
+        parsed = parse_document(document, config.name_filter)
     except UpstreamRepodataInvalid as exc:
         raise NotACondaChannel(f"{where}repodata.json is not conda repodata ({exc.message}); {_SKIP_CHECK}") from None
     except (UpstreamError, UpstreamTimeout) as exc:

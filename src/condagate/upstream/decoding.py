@@ -51,6 +51,37 @@ class CappedBuffer:
         return self._buffer.getvalue()
 
 
+class CappedChunks:
+    """Bytes held until taken (``take``), refused past ``limit`` in all: a document read piece by piece."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.size = 0
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes, /) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise LimitExceeded(f"{self.what} is larger than {human(self.limit)}")
+        self._chunks.append(data)
+        return len(data)
+
+    def take(self) -> list[bytes]:
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
+
+class CappedCount(CappedChunks):
+    """Only counts: the size of a document that is read again later (``CappedChunks``), checked now."""
+
+    def write(self, data: bytes, /) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise LimitExceeded(f"{self.what} is larger than {human(self.limit)}")
+        return len(data)
+
+
 class Tee:
     """One input to several writers (the compressed bytes kept, and decompressed at the same time)."""
 

@@ -25,15 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from condagate.conda.upstream_repodata import (
-    UpstreamRecords,
-    checks_fingerprint,
-    parse_upstream_repodata,
-    reload_checked_repodata,
-)
+from condagate.conda.upstream_repodata import UpstreamRecords, checks_fingerprint
+from condagate.conda.upstream_stream import parse_document, reload_checked_document
 from condagate.errors import CondagateError
 from condagate.upstream.connector import ConnectorConfig
-from condagate.upstream.repodata_fetch import decompress_zstd
+from condagate.upstream.repodata_fetch import ZstdDocument
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +116,14 @@ class KeptCopies:
             compressed, digest = self._body(connector, subdir, state)
             if compressed is None:
                 return None
-            body = decompress_zstd(compressed)
-            del compressed
+            document = ZstdDocument(compressed)
             fingerprint = checks_fingerprint()
             parsed = None
             noted = state.not_as_written
             if digest == state.sha256 and fingerprint and state.checks == fingerprint and noted is not None:
-                parsed = reload_checked_repodata(body, noted, connector.name_filter)
+                parsed = reload_checked_document(document, noted, connector.name_filter)
             if parsed is None:
-                parsed = parse_upstream_repodata(body, connector.name_filter)
+                parsed = parse_document(document, connector.name_filter)
                 if digest == state.sha256:
                     self._note(connector, subdir, state.sha256, parsed.not_as_written)
             return parsed
@@ -251,7 +246,7 @@ class KeptCopies:
             if not isinstance(meta, dict) or meta.get("url") != connector.url:
                 return None
             compressed = (folder / LOCAL_NAME).read_bytes()
-            parsed = parse_upstream_repodata(decompress_zstd(compressed), connector.name_filter)
+            parsed = parse_document(ZstdDocument(compressed), connector.name_filter)
         except (OSError, ValueError, CondagateError):
             return None
         etag = meta.get("etag")

@@ -39,7 +39,8 @@ import httpx
 from condagate import telemetry
 from condagate.conda.parts_records import PartsRecords
 from condagate.conda.repodata import RepodataParts, compress_zstd
-from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
+from condagate.conda.upstream_repodata import UpstreamRecords
+from condagate.conda.upstream_stream import parse_document
 from condagate.errors import CondagateError, UpstreamUnavailable
 from condagate.process_memory import return_freed_memory
 from condagate.upstream.connector import ConnectorConfig
@@ -84,6 +85,11 @@ class UpstreamSnapshot:
         """A snapshot of ``parsed``. A large subdir's records are cut into compressed blocks and read from
         them (``PartsRecords``): ``parsed.records`` is then emptied, so that the record bytes are not
         kept a second time. A small one's stay the parsed dict."""
+        if parsed.parts is not None:  # read piece by piece, cut into blocks as it was read
+            return cls(
+                connector_id, subdir, PartsRecords(parsed.parts), parsed.names, generation, etag, checked_at,
+                sha256=sha256, last_modified=last_modified, parts=parsed.parts,
+            )
         cut = RepodataParts.from_records(parsed.records, compress=True)
         records: Mapping[str, bytes] = parsed.records
         parts = None  # a small subdir: its records stay a dict, its JSON is not kept a second time
@@ -383,20 +389,19 @@ class UpstreamRepodataCache:
                 base.etag if base and validators else "",
                 last_modified=base.last_modified if base and validators else "",
             )
-            if fetched.body is None and base is not None:
+            if fetched.not_modified and base is not None:
                 snapshot = replace(base, checked_at=time.time(), error="", error_at=None)
                 self._kept.validated(connector, subdir, snapshot.sha256, snapshot.checked_at)
             else:
-                compressed = (fetched.compressed or compress_zstd(fetched.body)) if fetched.body else None
+                document = fetched.document()
+                compressed = fetched.compressed or (compress_zstd(fetched.plain) if fetched.plain else None)
                 # The body goes to the blob store while its records are checked.
                 stored = self._kept.store_early(compressed) if compressed is not None else None
                 parsed = (
                     UpstreamRecords(subdir, {}, {})
-                    if fetched.missing or fetched.body is None
-                    else parse_upstream_repodata(
-                        # records unchanged since the last fetch are not checked again
-                        fetched.body, connector.name_filter, checked=base
-                    )
+                    if document is None
+                    # records unchanged since the last fetch are not checked again
+                    else parse_document(document, connector.name_filter, checked=base)
                 )
                 if parsed.dropped:
                     log.warning(
@@ -415,7 +420,7 @@ class UpstreamRepodataCache:
                             last_modified=fetched.last_modified, fetched_at=now, not_as_written=parsed.not_as_written,
                         )
                 etag, last_modified = fetched.etag, fetched.last_modified
-                del fetched, compressed  # the document, before its records are cut into blocks
+                del fetched, compressed, document  # before a dict of records is cut into blocks
                 snapshot = UpstreamSnapshot.of(
                     connector.id, subdir, parsed, next(_generations), etag, now,
                     sha256=sha256, last_modified=last_modified,

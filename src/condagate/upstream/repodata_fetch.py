@@ -3,24 +3,28 @@
 The whole fetch (both variants, redirects included) must finish within the connector's
 ``timeout_seconds`` (``upstream/http.py``). What an upstream can make condagate hold is capped while
 it streams in (``RepodataLimits``): the body as received, the decompressed document, and how far
-any decompression may expand its input. Memory: the decompressed document plus, for .zst, the
-compressed bytes (kept as received), plus one chunk.
+any decompression may expand its input. Memory: the body as received plus one chunk; a .zst's
+document is decompressed again, piece by piece, when it is parsed (``ZstdDocument``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 
 from condagate import telemetry
+from condagate.conda.upstream_stream import PlainDocument, RepodataDocument
 from condagate.errors import UpstreamUnavailable
 from condagate.upstream import http as upstream_http
 from condagate.upstream.addresses import Resolver
 from condagate.upstream.connector import ConnectorConfig
 from condagate.upstream.decoding import (
     CappedBuffer,
+    CappedChunks,
+    CappedCount,
     Corrupt,
     LimitExceeded,
     Tee,
@@ -51,14 +55,47 @@ DEFAULT_LIMITS = RepodataLimits()
 
 @dataclass(frozen=True)
 class FetchedRepodata:
-    """``body`` is None when the upstream answered 304 (unchanged); ``missing`` when it has no such subdir."""
+    """A 304 (``not_modified``: unchanged), a subdir the upstream lacks (``missing``), or the document:
+    ``compressed`` (repodata.json.zst as received, kept as it is) or ``plain`` (repodata.json)."""
 
-    body: bytes | None
     etag: str
     elapsed_ms: int
     missing: bool = False
-    compressed: bytes | None = None  # the zstd bytes as received, kept as they are
+    not_modified: bool = False
+    compressed: bytes | None = None
+    plain: bytes | None = None
     last_modified: str = ""  # the upstream's Last-Modified (sent back as If-Modified-Since without an ETag)
+
+    def document(self) -> RepodataDocument | None:
+        """The document, read piece by piece or whole; None for a 304 or a missing subdir."""
+        if self.compressed is not None:
+            return ZstdDocument(self.compressed)
+        return PlainDocument(self.plain) if self.plain is not None else None
+
+
+class ZstdDocument:
+    """repodata.json.zst's document, decompressed as it is read (a chunk at a time) or whole. The bytes
+    passed the limits when they arrived (``fetch_repodata``, or they were kept by condagate)."""
+
+    _FEED = 256 * 1024  # compressed bytes per step: a few MB out
+
+    def __init__(self, compressed: bytes, limit: int = DEFAULT_LIMITS.max_decompressed_bytes) -> None:
+        self._compressed = compressed
+        self._limit = limit
+
+    def chunks(self) -> Iterator[bytes]:
+        out = CappedChunks(self._limit, "the repodata")
+        decoder = ZstdDecoder(out, "the repodata")
+        view = memoryview(self._compressed)
+        try:
+            for start in range(0, len(view), self._FEED):
+                decoder.write(view[start : start + self._FEED])  # type: ignore[arg-type]  # any buffer
+                yield from out.take()
+        except (LimitExceeded, Corrupt) as exc:
+            raise UpstreamUnavailable(f"the repodata.json.zst is unusable: {exc}") from None
+
+    def whole(self) -> bytes:
+        return decompress_zstd(self._compressed, self._limit)
 
 
 def decompress_zstd(data: bytes, limit: int = DEFAULT_LIMITS.max_decompressed_bytes) -> bytes:
@@ -89,7 +126,7 @@ def fetch_repodata(
     except Exception as exc:
         telemetry.upstream_fetched("repodata", connector.name, telemetry.outcome_of(exc), time.perf_counter() - started)
         raise
-    outcome = "missing" if fetched.missing else "not_modified" if fetched.body is None else "ok"
+    outcome = "missing" if fetched.missing else "not_modified" if fetched.not_modified else "ok"
     telemetry.upstream_fetched("repodata", connector.name, outcome, time.perf_counter() - started)
     return fetched
 
@@ -119,7 +156,7 @@ def _fetch_repodata(
         ) as response:
             elapsed = int((time.perf_counter() - started) * 1000)
             if response.status_code == 304:
-                return FetchedRepodata(None, etag, elapsed, last_modified=last_modified)
+                return FetchedRepodata(etag, elapsed, not_modified=True, last_modified=last_modified)
             if response.status_code == 404:
                 continue
             if response.status_code != 200:
@@ -131,11 +168,11 @@ def _fetch_repodata(
             etag_received = response.headers.get("etag", "")
             modified = response.headers.get("last-modified", "")[:100]
             if zst:
-                compressed, body = _read(response, deadline, connector, limits, limits.max_zst_bytes, decompress=True)
-                return FetchedRepodata(body, etag_received, elapsed, compressed=compressed, last_modified=modified)
-            body, _ = _read(response, deadline, connector, limits, limits.max_json_bytes, decompress=False)
-            return FetchedRepodata(body, etag_received, elapsed, last_modified=modified)
-    return FetchedRepodata(b"", "", int((time.perf_counter() - started) * 1000), missing=True)
+                compressed = _read(response, deadline, connector, limits, limits.max_zst_bytes, decompress=True)
+                return FetchedRepodata(etag_received, elapsed, compressed=compressed, last_modified=modified)
+            plain = _read(response, deadline, connector, limits, limits.max_json_bytes, decompress=False)
+            return FetchedRepodata(etag_received, elapsed, plain=plain, last_modified=modified)
+    return FetchedRepodata("", int((time.perf_counter() - started) * 1000), missing=True)
 
 
 def _read(
@@ -145,8 +182,9 @@ def _read(
     limits: RepodataLimits,
     limit: int,
     decompress: bool,
-) -> tuple[bytes, bytes]:
-    """The body as the file it is (capped at ``limit``) and, for .zst, decompressed (capped too)."""
+) -> bytes:
+    """The body as the file it is (capped at ``limit``); for .zst, decompressed as it arrives to check
+    the document's size and expansion, and dropped (it is read piece by piece later: ``ZstdDocument``)."""
     where = upstream_http.shown(response.url)
     name = response.url.path.rsplit("/", 1)[-1]
     declared = response.headers.get("content-length", "")
@@ -154,7 +192,7 @@ def _read(
     if declared.isdigit() and int(declared) > limit and encoding.strip().lower() in ("", "identity"):
         raise upstream_http.unavailable(connector.name, f"{where} is {declared} bytes, more than {human(limit)}")
     received = CappedBuffer(limit, name)
-    decompressed = CappedBuffer(limits.max_decompressed_bytes, f"{name} decompressed")
+    decompressed = CappedCount(limits.max_decompressed_bytes, f"{name} decompressed")
     target: Writer = received
     document = None
     if decompress:
@@ -171,4 +209,4 @@ def _read(
         decoder.finish()
     except (LimitExceeded, Corrupt) as exc:
         raise upstream_http.unavailable(connector.name, f"{where}: {exc}") from None
-    return received.getvalue(), decompressed.getvalue() if document is not None else b""
+    return received.getvalue()
