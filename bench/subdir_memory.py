@@ -128,10 +128,13 @@ def main() -> None:
     rows.append(
         ("+ the feed's snapshot (its own packages laid over)", _rss_mib(), _peak_mib(), type(snapshot.records).__name__)
     )
+    started = time.perf_counter()
     snapshot.shard_index()
+    built = time.perf_counter() - started
     if snapshot._spilling is not None:
         snapshot._spilling.result()
-    shards = f"{len(snapshot.shards()):,} shards"
+    written = time.perf_counter() - started
+    shards = f"{len(snapshot.shards()):,} shards: built in {built:.2f} s, all in files after {written:.2f} s"
     rows.append(("+ its shards (bodies in this host's files)", _rss_mib(), _peak_mib(), shards))
     arenas, live = _pymalloc()
     services.close()

@@ -4,12 +4,9 @@ shards built from it are the dict's shards."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-from concurrent.futures import Future
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from test_repodata_frames import records_of
@@ -17,9 +14,7 @@ from test_repodata_frames import records_of
 from condagate.conda.parts_records import PartsRecords
 from condagate.conda.repodata import FRAME_BYTES_ENV, RepodataParts, encode_repodata
 from condagate.conda.upstream_repodata import UpstreamRecords, parse_upstream_repodata
-from condagate.services import subdir_snapshot
-from condagate.services.shard_files import ShardFiles
-from condagate.services.subdir_snapshot import IN_FILE, SpillWhileBuilding, SubdirSnapshot, encode_subdir
+from condagate.services.subdir_snapshot import SubdirSnapshot, encode_subdir
 from condagate.store.packages import SubdirVersion
 from condagate.upstream.repodata_cache import UpstreamSnapshot
 
@@ -157,39 +152,3 @@ def test_shards_from_released_blocks_are_the_dicts_shards():
     digest = from_dict.shards()["pkg7"][1].hex()
     assert from_blocks.shard_by_digest(digest) == from_dict.shard_by_digest(digest)
 
-
-def test_a_large_builds_shard_bodies_go_to_files_while_it_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    records = records_of(30_000, seed=5)
-    names = {fn: fn.rsplit("-", 2)[0] for fn in records}
-    parts = _released(records)
-    json_encoded, zst_encoded = encode_subdir(parts, "linux-64", MOMENT)
-    files = ShardFiles(tmp_path).of_feed(1)
-
-    def done(value: int) -> Future[int]:
-        future: Future[int] = Future()
-        future.set_result(value)
-        return future
-
-    monkeypatch.setattr(files, "later", lambda work: done(work()))  # a writer thread that keeps up
-    monkeypatch.setattr(subdir_snapshot, "spill_later", lambda *args: done(0))  # what the build leaves, stays
-    monkeypatch.setattr(SpillWhileBuilding, "_BATCH_BYTES", 20_000)
-    snapshot = SubdirSnapshot(
-        subdir="linux-64", version=SubdirVersion(1, 1, None), upstream_version=(), local_records={},
-        local_names={}, records=PartsRecords(parts), names=names, built_at=MOMENT, json=json_encoded,
-        zst=zst_encoded, shard_files=files, spill_shards=True,
-    )
-    shards = snapshot.shards()
-    expected = {name: entry[1] for name, entry in SubdirSnapshot(
-        subdir="linux-64", version=SubdirVersion(1, 1, None), upstream_version=(), local_records={},
-        local_names={}, records=records, names=names, built_at=MOMENT, json=json_encoded, zst=zst_encoded,
-    ).shards().items()}
-    assert {name: entry[1] for name, entry in shards.items()} == expected
-    held = [entry for entry in shards.values() if entry[2] != IN_FILE]
-    # Only the last batch's bodies are still in memory when the build ends; every other one is in its file.
-    assert 0 < sum(len(entry[2]) for entry in held) < 20_000 + max(len(entry[2]) for entry in held)
-    assert len(held) < len(shards) / 20
-    on_disk = {path.name.split(".")[0] for path in files.folder.iterdir()}
-    assert on_disk == {entry[1].hex() for entry in shards.values() if entry[2] == IN_FILE}
-    for entry in list(shards.values())[::500]:
-        body = snapshot.shard_by_digest(entry[1].hex())
-        assert body is not None and hashlib.sha256(body).digest() == entry[1]

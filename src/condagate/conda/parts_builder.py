@@ -23,6 +23,9 @@ class PartsBuilder:
         self._blocks: tuple[list[_Block], list[_Block]] = ([], [])
         self._pending: tuple[tuple[list[str], list[bytes]], ...] = (([], []), ([], []))  # not in a block yet
         self._last: list[str | None] = [None, None]  # per kind, the last file name added
+        # Per kind, how many pending records make the next cut worth trying: past what the last cut left
+        # (names no block may end after, e.g. a hostile upstream's, would be cut again and again).
+        self._cut_at = [4 * self._every, 4 * self._every]
         self._compressing = Compressing()
 
     def add(self, filenames: list[str], records: list[bytes]) -> None:
@@ -40,8 +43,9 @@ class PartsBuilder:
             pending_names, pending_records = self._pending[kind]
             pending_names.extend(names)
             pending_records.extend(record for _name, record in pairs)
-            if len(pending_names) >= 4 * self._every:
+            if len(pending_names) >= self._cut_at[kind]:
                 self._cut(kind, final=False)
+                self._cut_at[kind] = max(4 * self._every, 2 * len(pending_names))
 
     def pairs(self) -> Iterator[tuple[str, bytes]]:
         """(file name, record) of every record, once ``finish`` cut the last ones (a subdir that turned out

@@ -87,8 +87,8 @@ class PartsRecords(Mapping[str, bytes]):
             yield from zip(block.names, block.records, strict=True)
 
     def merged_pairs(self) -> Iterator[tuple[str, bytes]]:
-        """``pairs`` of both kinds merged into one file name order, so that a package name's .tar.bz2
-        and .conda files come together (in ``pairs`` they are the whole ``packages`` object apart)."""
+        """``pairs`` of both kinds merged into one file name order: a package name's .tar.bz2 and
+        .conda files are then seldom far apart (in ``pairs`` the whole ``packages`` object is between)."""
         kinds = [_pairs_of(blocks) for blocks in self._blocks]
         return heapq.merge(*kinds, key=operator.itemgetter(0))
 

@@ -54,6 +54,12 @@ class _Repodata(msgspec.Struct):
 
 _decode_repodata = msgspec.json.Decoder(_Repodata).decode
 _decode_info = msgspec.json.Decoder(_Info | None).decode
+
+
+def subdir_of_info(text: bytes) -> str | None:
+    """The subdir an ``info`` value names, read as the whole parse reads it (msgspec errors raised)."""
+    info = _decode_info(text)
+    return info.subdir if info is not None else None
 _decode_text = msgspec.json.Decoder(str).decode
 
 

@@ -35,16 +35,18 @@ from condagate.conda.upstream_repodata import (
     UpstreamRepodataInvalid,
     parse_upstream_repodata,
     reload_checked_repodata,
+    subdir_of_info,
 )
 
 WINDOW = 4 * 1024 * 1024  # decompressed bytes looked at for a run of records
 _MAX_WINDOW = 64 * 1024 * 1024  # a value or run that needs more is left to the whole parse
-_TRIES = 16  # closing braces tried per window before it grows
+_TRIES = 16  # closing braces tried per window (then it grows, or the document is left to the whole parse)
+_MAX_MEMBERS = 64  # top-level members (repodata has five): more is left to the whole parse
 _GROUPS = ("packages", "packages.conda")
-_BRACE_PAIR = re.compile(rb"\}[ \t\r\n]*+\}")
+_BRACE_BEFORE_BRACE = re.compile(rb"\}(?=[ \t\r\n]*+\})")  # pairs overlap: "}}}" holds two
+_CLOSING = re.compile(rb"[ \t\r\n]*+\}")
 _COMMA = re.compile(rb"[ \t\r\n]*+,")
 _decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_decode_info = msgspec.json.Decoder(dict[str, object] | None).decode
 
 
 class RepodataDocument(Protocol):
@@ -83,7 +85,8 @@ def parse_document(
     try:
         return _read(document.chunks(), _InOrder(name_filter), checked=checked, not_as_written=None)
     except NotStreamable:
-        return parse_upstream_repodata(document.whole(), name_filter, checked=checked)
+        pass  # what the reader held goes with the exception, before the document is read whole
+    return parse_upstream_repodata(document.whole(), name_filter, checked=checked)
 
 
 def reload_checked_document(
@@ -93,7 +96,8 @@ def reload_checked_document(
     try:
         return _read(document.chunks(), _InOrder(name_filter), checked=None, not_as_written=not_as_written)
     except NotStreamable:
-        return reload_checked_repodata(document.whole(), not_as_written, name_filter)
+        pass
+    return reload_checked_repodata(document.whole(), not_as_written, name_filter)
 
 
 class _InOrder(Collected):
@@ -110,12 +114,12 @@ class _InOrder(Collected):
             raise NotStreamable(str(exc)) from None
         self.names.update(zip(filenames, names, strict=True))
 
-    def finished(self, subdir: str | None) -> UpstreamRecords:
+    def finished(self, subdir: str | None, not_as_written: frozenset[str]) -> UpstreamRecords:
         parts = self.builder.finish()
         if not parts.is_released():  # a small subdir: its records stay a dict
             self.records = dict(self.builder.pairs())
-            return self.result(subdir, frozenset(self.not_as_written))
-        found = self.result(subdir, frozenset(self.not_as_written))
+            return self.result(subdir, not_as_written)
+        found = self.result(subdir, not_as_written)
         return UpstreamRecords(
             found.subdir, {}, found.names, found.dropped, found.drop_reasons, found.not_as_written, parts
         )
@@ -130,9 +134,10 @@ class _Window(Scanner):
         self.ended = False
 
     def fill(self, size: int) -> None:
-        """At least ``size`` bytes from the cursor on, unless the document ends first."""
+        """At least ``size`` bytes from the cursor on, unless the document ends first; read only once
+        fewer than half are left (tiny chunks would otherwise copy the window for each)."""
         have = len(self.body) - self.pos
-        if have >= size or self.ended:
+        if have >= size // 2 or self.ended:
             return
         parts = [self.body[self.pos :]]
         while have < size:
@@ -162,8 +167,8 @@ def _read(
     try:
         for token in window.members():
             key = msgspec.json.decode(token, type=str)
-            if key in seen:
-                raise NotStreamable(f"{key!r} twice")
+            if key in seen or len(seen) == _MAX_MEMBERS:
+                raise NotStreamable(f"{key!r} twice, or too many members")
             seen.add(key)
             if key in _GROUPS:
                 last: str | None = None
@@ -181,11 +186,7 @@ def _read(
             else:
                 value = _value(window)
                 if key == "info":
-                    info = _decode_info(value)
-                    found = info.get("subdir") if info is not None else None
-                    if found is not None and not isinstance(found, str):
-                        raise NotStreamable("info's subdir is not text")
-                    subdir = found
+                    subdir = subdir_of_info(value)
             window.fill(WINDOW)
         window.skip_whitespace()
         window.fill(1)
@@ -193,7 +194,8 @@ def _read(
             raise NotStreamable("data after the document")
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, UpstreamRepodataInvalid):
         raise NotStreamable("not read piece by piece") from None
-    return collected.finished(subdir)
+    # A reload says what it was told (``reload_checked_repodata``); a parse, what it found.
+    return collected.finished(subdir, frozenset(collected.not_as_written) if not_as_written is None else not_as_written)
 
 
 def _value(window: _Window) -> bytes:
@@ -211,7 +213,7 @@ def _value(window: _Window) -> bytes:
             window.fill(size)
             continue
         text = window.body[start : window.pos]
-        if not nests_at_most(text, 1 + MAX_DEPTH):
+        if not nests_at_most(b"{" + text + b"}", 3 + MAX_DEPTH):  # as the whole parse bounds the document
             raise NotStreamable("a value nests too deeply")
         msgspec.json.decode(text)  # JSON, or not streamable (the whole parse says what is wrong)
         return text
@@ -242,14 +244,16 @@ def _runs(window: _Window) -> Iterator[dict[str, msgspec.Raw]]:
 
 
 def _run(body: bytes, start: int) -> tuple[dict[str, msgspec.Raw], int, bool] | None:
-    """The members from ``start`` up to the object's end, if it is in ``body``, else up to the last
-    record's closing brace followed by a comma in ``body``; the position after the ``}`` or ``,`` that
-    follows it, and whether more members follow. None if no such brace is found."""
+    """The members from ``start`` up to the object's end, if one of the first ``_TRIES`` braces
+    followed by a brace ends it, else up to one of the last ``_TRIES`` record braces followed by a
+    comma in ``body``; the position after that ``}`` or ``,``, and whether more members follow. None
+    if no such brace is found (the caller grows the window)."""
     # A record's brace, then the object's: in flat records, the first such pair ends the object.
-    for tried, pair in enumerate(_BRACE_PAIR.finditer(body, start)):
+    for tried, pair in enumerate(_BRACE_BEFORE_BRACE.finditer(body, start)):
         members = _members(body, start, pair.start())
-        if members is not None:
-            return members, pair.end(), False
+        closing = _CLOSING.match(body, pair.start() + 1)  # the lookahead saw it
+        if members is not None and closing is not None:
+            return members, closing.end(), False
         if tried == _TRIES:
             raise NotStreamable("records nest objects too often")
     end = len(body)
@@ -268,7 +272,9 @@ def _members(body: bytes, start: int, brace: int) -> dict[str, msgspec.Raw] | No
     """The members from ``start`` to the record closed at ``brace``; None if ``brace`` closes none (it
     is in a string or a nested object: then the text is not an object)."""
     text = b"{" + body[start : brace + 1] + b"}"
-    if not nests_at_most(text, 2 + MAX_DEPTH):  # also False for text that does not balance
+    # Bounded as the whole parse bounds the document (doc, packages, record: the same passes over the
+    # same brackets); also False for text that does not balance.
+    if not nests_at_most(b"{" + text + b"}", 3 + MAX_DEPTH):
         return None
     try:
         return _decode_members(text)

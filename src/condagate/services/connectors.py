@@ -239,11 +239,11 @@ def check_upstream(services: Services, config: ConnectorConfig) -> UpstreamCheck
             f"the upstream check failed: {exc.message}; {_SKIP_CHECK}",
             public=f"the upstream of connector {config.name!r} could not be checked; {_SKIP_CHECK}",
         ) from None
-    if parsed.subdir is None and not parsed.records and not parsed.dropped:
+    if parsed.subdir is None and not len(parsed) and not parsed.dropped:
         raise NotACondaChannel(f"{where}repodata.json does not look like conda repodata; {_SKIP_CHECK}")
     return UpstreamCheck(
         subdir=subdir,
-        package_files=len(parsed.records),
+        package_files=len(parsed),
         packages=len(set(parsed.names.values())),
         response_ms=int((time.perf_counter() - started) * 1000),
         filtered=bool(config.include or config.exclude),

@@ -5,7 +5,6 @@ slow and rarely asked for: it is built on first request and kept until the next 
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,48 +84,6 @@ def spill_later(shards: dict[str, ShardEntry], by_digest: dict[str, bytes], file
         return moved
 
     return files.later(work)
-
-
-class SpillWhileBuilding:
-    """A large build's shard bodies handed to the shard files' writer thread a batch at a time while
-    more are built, and let go of once written: never all in memory at once (~80 MB per 500,000
-    records). A few batches are in flight at most; what is left when the build ends goes with
-    ``spill_later``, which finds the files of batches still on their way written by then."""
-
-    _BATCH_BYTES = 4 * 1024 * 1024
-    _IN_FLIGHT = 3
-
-    def __init__(self, shards: dict[str, ShardEntry], files: FeedShardFiles) -> None:
-        self._shards = shards
-        self._files = files
-        self._batch: list[str] = []
-        self._size = 0
-        self._pending: collections.deque[tuple[Future[int], list[str]]] = collections.deque()
-
-    def built(self, name: str) -> None:
-        body = self._shards[name][2]
-        if not body:  # an earlier shard, its body in a file already
-            return
-        self._batch.append(name)
-        self._size += len(body)
-        if self._size >= self._BATCH_BYTES:
-            names, self._batch, self._size = self._batch, [], 0
-            entries = [self._shards[name] for name in names]
-            written: list[str] = []
-
-            def work() -> int:
-                for name, (_key, digest, body) in zip(names, entries, strict=True):
-                    if self._files.put(digest, body):
-                        written.append(name)
-                return len(written)
-
-            self._pending.append((self._files.later(work), written))
-        while self._pending and (len(self._pending) > self._IN_FLIGHT or self._pending[0][0].done()):
-            future, written = self._pending.popleft()
-            future.result()
-            for name in written:
-                key, digest, _body = self._shards[name]
-                self._shards[name] = (key, digest, IN_FILE)
 
 
 def shard_body(
@@ -378,7 +335,6 @@ class SubdirSnapshot:
                 self._index_entries.update({name: updated[name][1] if name in updated else None for name in changed})
             return updated, by_digest
         shards: dict[str, ShardEntry] = {}
-        spilling = SpillWhileBuilding(shards, self.shard_files) if self.shard_files and self.spill_shards else None
         # The records in file name order (a large subdir's: each block decompressed once, both kinds
         # merged), each name's encoded once all its files were seen: only names with files still to
         # come are held.
@@ -393,8 +349,6 @@ class SubdirSnapshot:
             if len(seen) == len(by_name[name]):
                 del open_names[name]
                 shards[name] = self._shard_of(name, seen, previous)
-                if spilling is not None:
-                    spilling.built(name)
         for name, seen in open_names.items():  # not seen whole (names without records): what it has
             shards[name] = self._shard_of(name, seen, previous)
         return shards, {entry[1].hex(): entry[2] for entry in shards.values()}

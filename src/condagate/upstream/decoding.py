@@ -72,8 +72,13 @@ class CappedChunks:
         return chunks
 
 
-class CappedCount(CappedChunks):
+class CappedCount:
     """Only counts: the size of a document that is read again later (``CappedChunks``), checked now."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.size = 0
 
     def write(self, data: bytes, /) -> int:
         self.size += len(data)

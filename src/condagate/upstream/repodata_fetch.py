@@ -90,7 +90,9 @@ class ZstdDocument:
         try:
             for start in range(0, len(view), self._FEED):
                 decoder.write(view[start : start + self._FEED])  # type: ignore[arg-type]  # any buffer
-                yield from out.take()
+                taken = out.take()
+                if taken:
+                    yield b"".join(taken)  # one chunk per step, however small the frames are
         except (LimitExceeded, Corrupt) as exc:
             raise UpstreamUnavailable(f"the repodata.json.zst is unusable: {exc}") from None
 
