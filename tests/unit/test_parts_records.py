@@ -152,3 +152,11 @@ def test_shards_from_released_blocks_are_the_dicts_shards():
     digest = from_dict.shards()["pkg7"][1].hex()
     assert from_blocks.shard_by_digest(digest) == from_dict.shard_by_digest(digest)
 
+
+
+def test_merged_pairs_walk_both_kinds_in_one_file_name_order():
+    records = {**records_of(30_000, seed=9), **ODD}
+    view = PartsRecords(_released(records))
+    merged = list(view.merged_pairs())
+    assert [filename for filename, _record in merged] == sorted(records)
+    assert dict(merged) == records

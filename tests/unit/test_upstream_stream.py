@@ -16,7 +16,7 @@ import pytest
 import zstandard
 from test_upstream_records import _Fuzz, deep, document, fn, record
 
-from condagate.conda import parts_builder, upstream_stream
+from condagate.conda import parts_builder, repodata, upstream_stream
 from condagate.conda.filters import NameFilter
 from condagate.conda.parts_records import PartsRecords
 from condagate.conda.repodata import FRAME_BYTES_ENV
@@ -302,7 +302,7 @@ def test_names_that_end_no_block_are_not_cut_again_and_again(monkeypatch: pytest
     not make every added record re-cut all that is pending."""
     monkeypatch.setenv(FRAME_BYTES_ENV, str(512 * 64))  # a block ends after ~1 name in 64
     calls: list[int] = []
-    original = parts_builder.cut_blocks
+    original = repodata.cut_blocks
 
     def counted(names: list[str], *args: Any, **kwargs: Any) -> Any:
         calls.append(len(names))
@@ -310,7 +310,7 @@ def test_names_that_end_no_block_are_not_cut_again_and_again(monkeypatch: pytest
 
     monkeypatch.setattr(parts_builder, "cut_blocks", counted)
     builder = parts_builder.PartsBuilder()
-    names = []
+    names: list[str] = []
     index = 0
     while len(names) < 20_000:  # names no block ends after
         name = f"pkg-1.{index}-0.conda"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +37,7 @@ _TOUCH_EVERY = 10 * 60.0  # a read file's mtime is moved at most this often per 
 _DIGEST_HEX = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = ".msgpack.zst"
 _TEMP_PREFIX = ".writing-"
+_temp_names = itertools.count()
 
 
 class ShardFiles:
@@ -163,11 +164,22 @@ class FeedShardFiles:
             files._touched[key] = now
 
     def _write(self, path: Path, body: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=_TEMP_PREFIX)
+        # Four system calls a file (~40 us): a large subdir's first shard build writes 16,000 of them
+        # before it answers. The temp name is this process's and thread's own, so O_EXCL never meets one
+        # of another writer's (a crashed one's is pruned).
+        temp = str(self.folder / f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{next(_temp_names)}")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(body)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
