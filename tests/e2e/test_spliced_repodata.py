@@ -9,6 +9,7 @@ import bz2
 import hashlib
 import io
 import json
+import random
 import shutil
 import subprocess
 import uuid
@@ -346,5 +347,57 @@ def test_where_the_json_file_cannot_be_written_the_json_is_sent_all_the_same(tmp
         assert int(plain.headers["content-length"]) == len(plain.content)
         assert plain.headers["etag"] != zst.headers["etag"]
         assert "could not write the JSON" in server.log()
+    finally:
+        server.stop()
+
+
+def _worker_memory_kib(server: Server) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of the server's largest process (granian's worker), KiB."""
+    pids, todo = [], [server.process.pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            todo.extend(int(child) for child in children.read_text().split())
+
+    def field(pid: int, name: str) -> int:
+        line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(name))
+        return int(line.split()[1])
+
+    return max(field(pid, "VmRSS:") for pid in pids), max(field(pid, "VmHWM:") for pid in pids)
+
+
+def test_an_indexers_document_is_read_piece_by_piece_with_the_whole_parses_outcome(
+    tmp_path: Path, upstream: UpstreamChannel
+):
+    """conda-index writes repodata with its keys sorted: condagate reads such a document piece by piece,
+    so the worker never holds it whole, and serves what it serves for the same records parsed whole
+    (the same document, shuffled)."""
+    records = json.loads(large_repodata(150_000))["packages.conda"]  # ~75 MB of JSON as conda-index writes it
+    orders = {"indexed": sorted(records), "shuffled": random.Random(1).sample(sorted(records), len(records))}
+    for name, order in orders.items():
+        document = {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": {k: records[k] for k in order}}
+        body = json.dumps(document, indent=2).encode()  # the records' own bytes alike in both
+        (upstream.root / name / "linux-64").mkdir(parents=True)
+        (upstream.root / name / "linux-64" / "repodata.json.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+        (upstream.root / name / "noarch").mkdir()  # what a new connector's check reads
+        (upstream.root / name / "noarch" / "repodata.json").write_text('{"info": {"subdir": "noarch"}}')
+    server = start_server(tmp_path / "data")
+    try:
+        feeds = {name: new_proxy_feed(server, f"{upstream.url}/{name}") for name in orders}
+        with server.client(timeout=120) as client:
+            rss_before, _ = _worker_memory_kib(server)
+            indexed = client.get(f"/conda/{feeds['indexed']}/linux-64/repodata.json.zst")
+            _, peak = _worker_memory_kib(server)  # before the shuffled one is parsed whole
+            shuffled = client.get(f"/conda/{feeds['shuffled']}/linux-64/repodata.json.zst")
+        assert indexed.status_code == shuffled.status_code == 200
+        assert indexed.content == shuffled.content and indexed.headers["etag"] == shuffled.headers["etag"]
+        served = json.loads(conda_decodes(indexed.content))["packages.conda"]
+        assert served == records
+        # Read whole, the worker's peak grew by ~2.7x the JSON (the document, the records, their dict);
+        # piece by piece, by the .zst as received, the blocks and names, a window and a few blocks
+        # being compressed (~60 MB whatever the size).
+        print(f"worker peak grew by {(peak - rss_before) / 1024:.0f} MiB for {len(body) / 2**20:.0f} MiB of JSON")
+        assert (peak - rss_before) * 1024 < 1.5 * len(body), (peak - rss_before, len(body))
     finally:
         server.stop()

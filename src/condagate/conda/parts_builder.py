@@ -25,7 +25,7 @@ class PartsBuilder:
         self._last: list[str | None] = [None, None]  # per kind, the last file name added
         # Per kind, how many pending records make the next cut worth trying: past what the last cut left
         # (names no block may end after, e.g. a hostile upstream's, would be cut again and again).
-        self._cut_at = [4 * self._every, 4 * self._every]
+        self._cut_at = [2 * self._every, 2 * self._every]
         self._compressing = Compressing()
 
     def add(self, filenames: list[str], records: list[bytes]) -> None:
@@ -45,7 +45,7 @@ class PartsBuilder:
             pending_records.extend(record for _name, record in pairs)
             if len(pending_names) >= self._cut_at[kind]:
                 self._cut(kind, final=False)
-                self._cut_at[kind] = max(4 * self._every, 2 * len(pending_names))
+                self._cut_at[kind] = max(2 * self._every, 2 * len(pending_names))
 
     def pairs(self) -> Iterator[tuple[str, bytes]]:
         """(file name, record) of every record, once ``finish`` cut the last ones (a subdir that turned out

@@ -136,15 +136,17 @@ class _Block:
             found = self._piece = compress_piece(zstd_compressor(ZSTD_LARGE_LEVEL), [self.body], padded=True)
         return found
 
-    def release(self) -> int:
+    def release(self, remember: bool = True) -> int:
         """Let go of the JSON bytes and the records once compressed (only ``piece`` is needed to serve
-        them; the records' lengths are kept to cut them out again); how many JSON bytes."""
+        them; the records' lengths are kept to cut them out again); how many JSON bytes. ``remember``: a
+        block just changed is likely read again soon (not one of a whole subdir being cut)."""
         records = self._records  # read once: two threads may release a block two versions share
         if self._piece is None or self._body is None:
             return 0
         if records is not None:
             self._lengths = array.array("I", map(len, records))
-            _recently_cut.put(self, records)  # a block just changed is likely read again soon
+            if remember:
+                _recently_cut.put(self, records)
             self._records = None
         self._body = None
         return self.size
@@ -396,7 +398,7 @@ class Compressing:
     def _release_oldest(self) -> None:
         block, future = self._pending.popleft()
         future.result()
-        self._released += block.release()
+        self._released += block.release(remember=False)
 
 
 def _quoted_names(names: list[str], first: bool) -> tuple[list[bytes], list[int]]:

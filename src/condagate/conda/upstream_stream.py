@@ -38,7 +38,7 @@ from condagate.conda.upstream_repodata import (
     subdir_of_info,
 )
 
-WINDOW = 4 * 1024 * 1024  # decompressed bytes looked at for a run of records
+WINDOW = 1024 * 1024  # decompressed bytes looked at for a run of records (~2,000 conda-forge records)
 _MAX_WINDOW = 64 * 1024 * 1024  # a value or run that needs more is left to the whole parse
 _TRIES = 16  # closing braces tried per window (then it grows, or the document is left to the whole parse)
 _MAX_MEMBERS = 64  # top-level members (repodata has five): more is left to the whole parse
