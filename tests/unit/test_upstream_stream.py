@@ -87,6 +87,7 @@ def _odd_entries() -> list[tuple[str, dict[str, Any]]]:
         record("quotes", license='a "quoted" \\ }, { text'),
         record("caf\u00e9", license="\u00e9}\u2603"),
         record("spaces", summary="  }  ,  \n  }"),
+        record("long", summary="a long summary, {x} " * 250),  # longer than a window: it grows
     ]
     return [(fn(rec), rec) for rec in odd]
 
@@ -118,7 +119,7 @@ def test_a_channel_document_read_piece_by_piece_is_the_whole_parse(
     monkeypatch.setenv(FRAME_BYTES_ENV, frame_bytes)
     body = _document(_channel(400) + _odd_entries(), style)
     whole = parse_upstream_repodata(body)
-    assert len(whole.records) == 404 and whole.dropped == 1  # a name that is not ASCII
+    assert len(whole.records) == 405 and whole.dropped == 1  # a name that is not ASCII
     source = _Counted(body)
     streamed = parse_document(source)
     _assert_same(streamed, whole)
@@ -179,6 +180,7 @@ def _nested(levels: int) -> Any:
         (document(*_GOOD, (fn(record("z")), json.dumps(record("z", extra=_nested(14))).encode())), False),
         (document(*_GOOD, (fn(record("z")), json.dumps(record("z", extra=_nested(15))).encode())), True),
         (b'{"info": {"subdir": 5, "subdir": "linux-64"}, "packages": {}}', True),  # info as msgspec reads it
+        (document(*_GOOD, (fn(record("z")), record("z", summary="} " * 2_000))), True),  # "} }" in a string, often
         # Left to the whole parse.
         (document(("a-deep-1-0.conda", deep(60)), *_GOOD), True),  # too deep for msgspec
         (document(*_GOOD, ("a-1.0-h0_0.conda", record("a", license="again"))), True),  # a key given twice

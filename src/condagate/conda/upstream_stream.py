@@ -133,11 +133,16 @@ class _Window(Scanner):
         self._chunks = iter(chunks)
         self.ended = False
 
+    def top_up(self) -> None:
+        """A window from the cursor on, read again only once less than half of one is left (a member at a
+        time, tiny chunks would otherwise copy the window for each)."""
+        if len(self.body) - self.pos < WINDOW // 2:
+            self.fill(WINDOW)
+
     def fill(self, size: int) -> None:
-        """At least ``size`` bytes from the cursor on, unless the document ends first; read only once
-        fewer than half are left (tiny chunks would otherwise copy the window for each)."""
+        """At least ``size`` bytes from the cursor on, unless the document ends first."""
         have = len(self.body) - self.pos
-        if have >= size // 2 or self.ended:
+        if have >= size or self.ended:
             return
         parts = [self.body[self.pos :]]
         while have < size:
@@ -187,7 +192,7 @@ def _read(
                 value = _value(window)
                 if key == "info":
                     subdir = subdir_of_info(value)
-            window.fill(WINDOW)
+            window.top_up()
         window.skip_whitespace()
         window.fill(1)
         if window.pos != len(window.body):
