@@ -17,6 +17,7 @@ either way, only the memory differs.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import re
 from collections.abc import Iterable, Iterator
@@ -119,10 +120,7 @@ class _InOrder(Collected):
         if not parts.is_released():  # a small subdir: its records stay a dict
             self.records = dict(self.builder.pairs())
             return self.result(subdir, not_as_written)
-        found = self.result(subdir, not_as_written)
-        return UpstreamRecords(
-            found.subdir, {}, found.names, found.dropped, found.drop_reasons, found.not_as_written, parts
-        )
+        return dataclasses.replace(self.result(subdir, not_as_written), parts=parts)
 
 
 class _Window(Scanner):

@@ -13,6 +13,9 @@ from condagate.store import connectors as connector_store
 from condagate.store.db import Database
 from condagate.upstream.repodata_cache import UpstreamSnapshot
 
+# (records, names, sticky files: file name -> (connector id, removed upstream at), blocks or None)
+Merged = tuple[Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]], RepodataParts | None]
+
 
 def merge_upstreams(
     db: Database,
@@ -21,9 +24,7 @@ def merge_upstreams(
     local_records: Mapping[str, bytes],
     local_names: Mapping[str, str],
     keep_cached: bool,
-) -> tuple[
-    Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]], RepodataParts | None
-]:
+) -> Merged:
     """(records, names, sticky files, blocks): the connectors' records, the first connector winning a
     file name over later ones; with ``keep_cached``, files this server cached that the upstreams no
     longer list (their records as listed when cached: they stay installable); the feed's own packages
@@ -60,7 +61,7 @@ def _laid_over(
     sticky_rows: Sequence[Any],
     local_records: Mapping[str, bytes],
     local_names: Mapping[str, str],
-) -> tuple[Mapping[str, bytes], Mapping[str, str], dict[str, tuple[int, datetime | None]], RepodataParts]:
+) -> Merged:
     """``merge_upstreams`` of one connector: the sticky files it no longer lists, then the feed's own, laid
     over its records and put into a copy of its blocks."""
     records: dict[str, bytes] = {}

@@ -32,59 +32,52 @@ def human(size: int) -> str:
     return f"{size} bytes"
 
 
-class CappedBuffer:
-    """Bytes in memory, refused past ``limit``; ``getvalue`` hands the buffer over without a copy."""
+class CappedCount:
+    """Only counts, refusing more than ``limit`` bytes: the size of a document that is read again later
+    (``ZstdDocument``), checked as it arrives."""
 
     def __init__(self, limit: int, what: str) -> None:
         self.limit = limit
         self.what = what
         self.size = 0
-        self._buffer = io.BytesIO()
 
     def write(self, data: bytes, /) -> int:
         self.size += len(data)
         if self.size > self.limit:
             raise LimitExceeded(f"{self.what} is larger than {human(self.limit)}")
+        return len(data)
+
+
+class CappedBuffer(CappedCount):
+    """Bytes in memory, refused past ``limit``; ``getvalue`` hands the buffer over without a copy."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__(limit, what)
+        self._buffer = io.BytesIO()
+
+    def write(self, data: bytes, /) -> int:
+        super().write(data)
         return self._buffer.write(data)
 
     def getvalue(self) -> bytes:
         return self._buffer.getvalue()
 
 
-class CappedChunks:
+class CappedChunks(CappedCount):
     """Bytes held until taken (``take``), refused past ``limit`` in all: a document read piece by piece."""
 
     def __init__(self, limit: int, what: str) -> None:
-        self.limit = limit
-        self.what = what
-        self.size = 0
+        super().__init__(limit, what)
         self._chunks: list[bytes] = []
 
     def write(self, data: bytes, /) -> int:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise LimitExceeded(f"{self.what} is larger than {human(self.limit)}")
+        super().write(data)
         self._chunks.append(data)
         return len(data)
 
     def take(self) -> list[bytes]:
         chunks, self._chunks = self._chunks, []
         return chunks
-
-
-class CappedCount:
-    """Only counts: the size of a document that is read again later (``CappedChunks``), checked now."""
-
-    def __init__(self, limit: int, what: str) -> None:
-        self.limit = limit
-        self.what = what
-        self.size = 0
-
-    def write(self, data: bytes, /) -> int:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise LimitExceeded(f"{self.what} is larger than {human(self.limit)}")
-        return len(data)
 
 
 class Tee:

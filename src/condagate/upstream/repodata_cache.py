@@ -85,16 +85,12 @@ class UpstreamSnapshot:
         """A snapshot of ``parsed``. A large subdir's records are cut into compressed blocks and read from
         them (``PartsRecords``): ``parsed.records`` is then emptied, so that the record bytes are not
         kept a second time. A small one's stay the parsed dict."""
-        if parsed.parts is not None:  # read piece by piece, cut into blocks as it was read
-            return cls(
-                connector_id, subdir, PartsRecords(parsed.parts), parsed.names, generation, etag, checked_at,
-                sha256=sha256, last_modified=last_modified, parts=parsed.parts,
-            )
-        cut = RepodataParts.from_records(parsed.records, compress=True)
         records: Mapping[str, bytes] = parsed.records
-        parts = None  # a small subdir: its records stay a dict, its JSON is not kept a second time
-        if cut.is_released():
-            records, parts = PartsRecords(cut), cut
+        parts = parsed.parts  # read piece by piece: cut into blocks as it was read
+        if parts is not None:
+            records = PartsRecords(parts)
+        elif (cut := RepodataParts.from_records(parsed.records, compress=True)).is_released():
+            records, parts = PartsRecords(cut), cut  # else a small subdir: its records stay a dict
             freed = len(parsed.records) * 512  # ~0.5 kB of bytes per record
             parsed.records.clear()
             return_freed_memory(freed)
